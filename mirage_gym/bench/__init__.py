@@ -1,0 +1,1 @@
+"""Benchmarks behind `mirage-gym bench`: each prints its figures and can write JSON."""

@@ -1,0 +1,78 @@
+"""The ``mirage-gym`` command line: one entry point, one subcommand per job.
+
+Each subcommand lives in the module that owns the job; that module provides
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when
+their subcommand runs, so ``mirage-gym --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# (command path, module, one-line help). Nested paths ("bench", "memory") become sub-subcommands.
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("demo",), "mirage_gym.demo", "roll out a scene and write a video (the README's first command)"),
+    (("bench", "memory"), "mirage_gym.bench.memory", "LatentCache vs PointCloudMemory: time per chunk and bytes held"),
+    (("bench", "render"), "mirage_gym.bench.render", "ground-truth renderer throughput (frames/s)"),
+    (("bench", "filter"), "mirage_gym.bench.filter", "dynamic-token filter precision/recall against ground-truth moving objects"),
+]
+
+GROUP_HELP = {
+    "bench": "benchmarks that print figures (and write JSON with --json)",
+}
+
+
+def build_parser(commands: Sequence[tuple[tuple[str, ...], str, str]] = COMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirage-gym",
+        description=(
+            "mirage_gym: a Gymnasium world made of generated video, kept consistent by a 3D latent cache. "
+            "Run `mirage-gym COMMAND --help` for the options of a command."
+        ),
+    )
+    from mirage_gym import __version__
+
+    parser.add_argument("--version", action="version", version=f"mirage-gym {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, module, help_text in commands:
+        if len(path) == 1:
+            sub = top.add_parser(path[0], help=help_text, description=help_text)
+        else:
+            group = path[0]
+            if group not in groups:
+                gp = top.add_parser(group, help=GROUP_HELP.get(group, group), description=GROUP_HELP.get(group))
+                groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="SUBCOMMAND", required=True)
+            sub = groups[group].add_parser(path[1], help=help_text, description=help_text)
+        sub.set_defaults(_module=module)
+        _lazy_arguments(sub, module)
+    return parser
+
+
+def _lazy_arguments(sub: argparse.ArgumentParser, module: str) -> None:
+    """Register a subcommand's own options; they are imported only when it is parsed."""
+    original = sub.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
+        if not getattr(sub, "_mirage_loaded", False):
+            importlib.import_module(module).add_arguments(sub)
+            sub._mirage_loaded = True  # type: ignore[attr-defined]
+        return original(args, namespace)
+
+    sub.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return 0
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The co-trained depth head: metric depth from latent tokens.
+
+Mirage's published code runs an external depth model on decoded frames. Here a
+small convolutional head reads the latents directly, so a token's depth (needed to
+lift it into the 3D cache) costs one cheap forward and no pixel round trip. It
+gives two outputs that share one trunk:
+
+* ``token_depth`` ``[N, h, w]``: depth at each latent cell centre, used for
+  backprojection into the :class:`~mirage_gym.memory.LatentCache`;
+* ``pixel_depth`` ``[N, H, W]``: the same field refined at pixel resolution, used
+  for the observations. It is the upsampled token depth plus a learned residual,
+  so both agree where the surface is smooth.
+
+Depth is parameterised log-uniformly between ``min_depth`` and ``max_depth``
+(``min * (max / min) ** sigmoid(x)``): bounded, positive and equally precise in
+relative terms near and far.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import Tensor, nn
+
+__all__ = ["DepthHead", "DepthHeadOutput"]
+
+
+@dataclass
+class DepthHeadOutput(BaseOutput):
+    token_depth: Tensor
+    pixel_depth: Tensor
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = nn.SiLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(self.act(self.conv1(self.act(x))))
+
+
+class DepthHead(ModelMixin, ConfigMixin):
+    """Metric depth per latent token and per pixel.
+
+    Args:
+        latent_channels: ``C`` of the (normalised) latents it reads.
+        spatial_factor: pixels per latent cell (a power of two).
+        hidden_channels: width of the trunk at latent resolution.
+        num_blocks: residual blocks in the trunk.
+        min_depth, max_depth: the depth range in metres.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        spatial_factor: int = 8,
+        hidden_channels: int = 64,
+        num_blocks: int = 3,
+        min_depth: float = 0.05,
+        max_depth: float = 20.0,
+    ) -> None:
+        super().__init__()
+        if spatial_factor < 1 or spatial_factor & (spatial_factor - 1):
+            raise ValueError(f"spatial_factor must be a power of two, got {spatial_factor}")
+        if not 0 < min_depth < max_depth:
+            raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth} and {max_depth}")
+        self.conv_in = nn.Conv2d(latent_channels, hidden_channels, 3, padding=1)
+        self.trunk = nn.Sequential(*[_ResBlock(hidden_channels) for _ in range(num_blocks)])
+        self.token_out = nn.Conv2d(hidden_channels, 1, 1)
+        # Pixel refinement: x2 upsampling stages, halving the width each time (min 16).
+        stages = []
+        channels = hidden_channels
+        for _ in range(int(math.log2(spatial_factor))):
+            out = max(16, channels // 2)
+            stages += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 3, padding=1), nn.SiLU()]
+            channels = out
+        self.upsample = nn.Sequential(*stages)
+        self.pixel_out = nn.Conv2d(channels, 1, 3, padding=1)
+        nn.init.zeros_(self.pixel_out.weight)  # start as the upsampled token depth
+        nn.init.zeros_(self.pixel_out.bias)
+
+    def _to_depth(self, logits: Tensor) -> Tensor:
+        lo, hi = math.log(self.config.min_depth), math.log(self.config.max_depth)
+        return torch.exp(lo + (hi - lo) * torch.sigmoid(logits))
+
+    def forward(self, latents: Tensor, return_dict: bool = True) -> DepthHeadOutput | tuple[Tensor, Tensor]:
+        """``latents`` ``[N, C, h, w]`` -> token depth ``[N, h, w]`` and pixel depth ``[N, H, W]`` (metres)."""
+        if latents.dim() != 4 or latents.shape[1] != self.config.latent_channels:
+            raise ValueError(
+                f"latents must be [N, {self.config.latent_channels}, h, w], got {tuple(latents.shape)}"
+            )
+        features = self.trunk(self.conv_in(latents.to(self.dtype)))
+        token_logits = self.token_out(features)
+        up = F.interpolate(token_logits, scale_factor=self.config.spatial_factor, mode="bilinear", align_corners=False)
+        pixel_logits = up + self.pixel_out(self.upsample(features))
+        token_depth = self._to_depth(token_logits[:, 0].float())
+        pixel_depth = self._to_depth(pixel_logits[:, 0].float())
+        if not return_dict:
+            return token_depth, pixel_depth
+        return DepthHeadOutput(token_depth=token_depth, pixel_depth=pixel_depth)

@@ -204,9 +204,8 @@ def project(points: Tensor, intrinsics: Tensor, cam_to_world: Tensor) -> tuple[T
     meaningless and callers mask them with ``z``.
     """
     world_to_cam = invert_pose(cam_to_world)
-    rot = world_to_cam[:, None, :3, :3]
-    trans = world_to_cam[:, None, :3, 3]
-    cam = (rot @ points[..., None])[..., 0] + trans
+    # One batched GEMM (trans + points @ rot^T) rather than a matmul per point: the hot spot of every cache read.
+    cam = torch.baddbmm(world_to_cam[:, None, :3, 3], points, world_to_cam[:, :3, :3].transpose(1, 2))
     z = cam[..., 2]
     safe_z = torch.where(z.abs() > 1e-12, z, torch.full_like(z, 1e-12))
     k = intrinsics.expand(points.shape[0], 3, 3)

@@ -1,0 +1,22 @@
+"""Spatial memory of the generated world.
+
+* :class:`LatentCache` -- latent tokens at world points in a bounded voxel-hashed store;
+  read by projecting straight onto a target camera's latent grid.
+* :class:`TokenFilter` -- keeps empty and dynamic tokens out of the cache.
+* :class:`PointCloudMemory` -- the pixel-space RGB point cloud of Gen3C/VMem/Spatia, the
+  baseline the latent cache is measured against.
+"""
+
+from mirage_gym.memory.filter import FilterResult, TokenFilter, pool_depth, pool_fraction
+from mirage_gym.memory.latent_cache import POLICIES, LatentCache
+from mirage_gym.memory.point_cloud import PointCloudMemory
+
+__all__ = [
+    "LatentCache",
+    "POLICIES",
+    "PointCloudMemory",
+    "TokenFilter",
+    "FilterResult",
+    "pool_depth",
+    "pool_fraction",
+]

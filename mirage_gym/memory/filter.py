@@ -1,0 +1,285 @@
+"""Which tokens of a generated chunk may enter the latent cache.
+
+Two kinds of token must stay out: **empty** ones (no usable depth) and **dynamic**
+ones (moving objects, which would be frozen into the world at a stale place). The
+filter decides from what exists at generation time -- the chunk's frames, their
+depth and their poses -- with no segmentation model.
+
+Dynamic rule (per pixel, then pooled to tokens). Each pixel of frame ``t`` is lifted
+with its depth and pose and projected into every other frame ``s`` of the chunk.
+With ``z`` its depth in ``s`` and ``d`` the depth ``s`` observed there:
+
+* outside ``s``'s image, or ``s`` has no valid depth there: no evidence;
+* ``z`` behind the surface ``s`` saw (``z > d``): the point is occluded in ``s`` --
+  no evidence either way (often by a moving object, which is flagged from its own side);
+* ``z`` clearly in front of *every* depth ``s`` saw in the 3x3 neighbourhood
+  (``z < (1 - depth_tolerance) * min d``): ``s`` should have seen the point and saw
+  through it -- the point has moved. The neighbourhood minimum keeps static depth
+  edges, where one pixel of misregistration lands on the background, from voting;
+* optionally (``color_tolerance``, off by default), depths agree over the whole
+  neighbourhood but the colours differ by more than the tolerance (mean absolute RGB
+  difference in ``[0, 1]``): an object sliding along a surface at similar depth. Off
+  because half-pixel misregistration at texture edges makes it vote on static
+  surfaces; ``mirage-gym bench filter`` measured it as a net loss on the procedural rooms.
+
+A pixel has evidence when at least ``min_votes`` other frames give some, and keeps it
+only with ``min_support`` evidence pixels in its 3x3 window (isolated votes are depth
+noise). Evidence only covers the band an object swept during the chunk, so dynamic pixels then grow
+``grow_pixels`` steps over depth-continuous neighbours (the object's own surface) and
+stop at depth edges. A token is dynamic when at least ``dynamic_fraction`` of its valid
+pixels are; dynamic tokens can be dilated by ``dilation`` tokens. A token is empty when
+fewer than ``min_valid_fraction`` of its pixels have a finite depth in
+``[min_depth, max_depth]``. ``keep = not empty and not dynamic``.
+
+What the rule cannot see: an object that does not move during the chunk (a slow
+object near the end of its path) gives no evidence -- nothing in the chunk tells it
+from furniture. Recall therefore grows with the motion per chunk; see the bench.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mirage_gym.geometry import backproject, points_to_cells, project
+from mirage_gym.memory.checks import check_intrinsics, check_poses, check_tensor
+
+__all__ = ["TokenFilter", "FilterResult", "pool_depth", "pool_fraction"]
+
+
+def _check_latent_size(height: int, width: int, latent_size: tuple[int, int]) -> tuple[int, int]:
+    if (
+        not isinstance(latent_size, (tuple, list))
+        or len(latent_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in latent_size)
+    ):
+        raise ValueError(f"latent_size must be a pair of positive ints (h, w), got {latent_size!r}")
+    h, w = latent_size
+    if height % h or width % w:
+        raise ValueError(f"latent_size {(h, w)} must divide the image size {(height, width)}")
+    return h, w
+
+
+def _blocks(x: Tensor, h: int, w: int) -> Tensor:
+    """``[..., H, W]`` -> ``[..., h, w, (H/h)*(W/w)]``: the pixels of each token."""
+    *lead, height, width = x.shape
+    fy, fx = height // h, width // w
+    x = x.reshape(*lead, h, fy, w, fx).movedim(-3, -2)
+    return x.reshape(*lead, h, w, fy * fx)
+
+
+def pool_fraction(mask: Tensor, latent_size: tuple[int, int]) -> Tensor:
+    """Fraction ``[..., h, w]`` of each token's pixels set in ``mask`` ``[..., H, W]``."""
+    h, w = _check_latent_size(mask.shape[-2], mask.shape[-1], latent_size)
+    return _blocks(mask.float(), h, w).mean(dim=-1)
+
+
+def pool_depth(depth: Tensor, latent_size: tuple[int, int], min_depth: float = 0.0, max_depth: float = float("inf")) -> Tensor:
+    """Token depth ``[..., h, w]``: the median of the valid pixel depths of each token.
+
+    The median picks the surface covering most of the token instead of averaging across
+    a depth edge. Tokens without a valid pixel get NaN (an empty token for the cache).
+    """
+    h, w = _check_latent_size(depth.shape[-2], depth.shape[-1], latent_size)
+    depth = depth.float()
+    valid = torch.isfinite(depth) & (depth >= min_depth) & (depth <= max_depth)
+    blocks = _blocks(torch.where(valid, depth, torch.full_like(depth, float("nan"))), h, w)
+    return torch.nanmedian(blocks, dim=-1).values
+
+
+@dataclass
+class FilterResult:
+    """Decisions of :class:`TokenFilter` for a chunk ``[B, T]``."""
+
+    keep: Tensor  # [B, T, h, w] bool: tokens to write
+    dynamic: Tensor  # [B, T, h, w] bool: dynamic tokens (after dilation)
+    empty: Tensor  # [B, T, h, w] bool: tokens without enough valid depth
+    dynamic_pixels: Tensor  # [B, T, H, W] bool: per-pixel dynamic decision (supported, grown; diagnostics)
+    valid_pixels: Tensor  # [B, T, H, W] bool: pixels with usable depth
+
+
+class TokenFilter:
+    """Drop empty and dynamic tokens of a chunk before it is written to the cache.
+
+    See the module docstring for the rule. Call it for the keep mask, or use
+    :meth:`analyze` for every intermediate decision.
+    """
+
+    def __init__(
+        self,
+        max_depth: float = 50.0,
+        min_depth: float = 0.05,
+        *,
+        min_valid_fraction: float = 0.5,
+        depth_tolerance: float = 0.05,
+        color_tolerance: float | None = None,
+        min_votes: int = 1,
+        dynamic_fraction: float = 0.05,
+        dilation: int = 0,
+        grow_pixels: int = 8,
+        min_support: int = 4,
+    ) -> None:
+        if not 0.0 <= min_depth < max_depth:
+            raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+        for name, value in (
+            ("min_valid_fraction", min_valid_fraction),
+            ("depth_tolerance", depth_tolerance),
+            ("dynamic_fraction", dynamic_fraction),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if color_tolerance is not None and not color_tolerance > 0.0:
+            raise ValueError(f"color_tolerance must be positive or None, got {color_tolerance}")
+        if not isinstance(min_votes, int) or min_votes < 1:
+            raise ValueError(f"min_votes must be a positive int, got {min_votes!r}")
+        if not isinstance(min_support, int) or not 1 <= min_support <= 9:
+            raise ValueError(f"min_support must be an int in [1, 9], got {min_support!r}")
+        if not isinstance(grow_pixels, int) or grow_pixels < 0:
+            raise ValueError(f"grow_pixels must be a non-negative int, got {grow_pixels!r}")
+        if not isinstance(dilation, int) or dilation < 0:
+            raise ValueError(f"dilation must be a non-negative int, got {dilation!r}")
+        self.max_depth = float(max_depth)
+        self.min_depth = float(min_depth)
+        self.min_valid_fraction = float(min_valid_fraction)
+        self.depth_tolerance = float(depth_tolerance)
+        self.color_tolerance = None if color_tolerance is None else float(color_tolerance)
+        self.min_votes = min_votes
+        self.dynamic_fraction = float(dynamic_fraction)
+        self.dilation = dilation
+        self.grow_pixels = grow_pixels
+        self.min_support = min_support
+
+    def __call__(
+        self, rgb: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, latent_size: tuple[int, int]
+    ) -> Tensor:
+        """``keep`` ``[B, T, h, w]`` bool; see :meth:`analyze`."""
+        return self.analyze(rgb, depth, cam_to_world, intrinsics, latent_size).keep
+
+    def analyze(
+        self, rgb: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, latent_size: tuple[int, int]
+    ) -> FilterResult:
+        """Filter one chunk.
+
+        Args:
+            rgb: ``[B, T, H, W, 3]`` uint8, or float in ``[0, 1]``.
+            depth: ``[B, T, H, W]`` metres.
+            cam_to_world: ``[B, T, 4, 4]``.
+            intrinsics: ``[3, 3]`` or ``[B, T, 3, 3]``: the pixel camera.
+            latent_size: ``(h, w)``, dividing ``(H, W)``.
+        """
+        rgb = check_tensor("rgb", rgb, 5)
+        b, t, height, width, ch = rgb.shape
+        if ch != 3:
+            raise ValueError(f"rgb must have 3 channels last, got shape {tuple(rgb.shape)}")
+        depth = check_tensor("depth", depth, 4)
+        if tuple(depth.shape) != (b, t, height, width) or not depth.is_floating_point():
+            raise ValueError(
+                f"depth must be floating point with shape {(b, t, height, width)}, got {depth.dtype} {tuple(depth.shape)}"
+            )
+        poses = check_poses("cam_to_world", cam_to_world, b, leading=(b, t)).to(rgb.device)
+        k = check_intrinsics("intrinsics", intrinsics, (b, t)).to(rgb.device)
+        h, w = _check_latent_size(height, width, latent_size)
+        colors = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float()
+
+        depth = depth.float().to(rgb.device)
+        valid = torch.isfinite(depth) & (depth >= self.min_depth) & (depth <= self.max_depth)
+        dynamic_pixels = self._dynamic_pixels(colors, depth, valid, poses, k) & valid
+        dynamic_pixels = self._grow(self._supported(dynamic_pixels), depth, valid)
+
+        valid_fraction = pool_fraction(valid, (h, w))
+        empty = valid_fraction < self.min_valid_fraction
+        dyn_fraction = pool_fraction(dynamic_pixels, (h, w)) / valid_fraction.clamp(min=1e-6)
+        dynamic = (dyn_fraction >= self.dynamic_fraction) & (dyn_fraction > 0)
+        if self.dilation:
+            r = self.dilation
+            dynamic = F.max_pool2d(dynamic.float().view(b * t, 1, h, w), 2 * r + 1, stride=1, padding=r)
+            dynamic = dynamic.view(b, t, h, w) > 0
+        return FilterResult(
+            keep=~empty & ~dynamic,
+            dynamic=dynamic,
+            empty=empty,
+            dynamic_pixels=dynamic_pixels,
+            valid_pixels=valid,
+        )
+
+    def _supported(self, dynamic: Tensor) -> Tensor:
+        """Keep evidence pixels with at least ``min_support`` evidence pixels in their 3x3 window.
+
+        Swept bands of moving objects are several pixels wide; isolated votes come from
+        depth noise and would otherwise seed growth on static surfaces.
+        """
+        if self.min_support <= 1:
+            return dynamic
+        b, t, height, width = dynamic.shape
+        count = F.avg_pool2d(dynamic.float().view(b * t, 1, height, width), 3, 1, 1, count_include_pad=True) * 9
+        return dynamic & (count.view(b, t, height, width) >= self.min_support - 0.5)
+
+    def _grow(self, dynamic: Tensor, depth: Tensor, valid: Tensor) -> Tensor:
+        """Spread dynamic pixels ``grow_pixels`` steps over depth-continuous neighbours.
+
+        Evidence only appears where an object has moved out of (or into) a pixel, a band
+        as wide as its motion in the chunk; the rest of the object is reached through its
+        own surface, which is continuous in depth, while depth edges stop the spread.
+        """
+        if self.grow_pixels == 0 or not bool(dynamic.any()):
+            return dynamic
+        b, t, height, width = depth.shape
+        out = dynamic.reshape(b * t, height, width).clone()
+        frames = out.flatten(1).any(dim=1).nonzero()[:, 0]  # only frames with evidence grow
+        d = torch.where(valid, depth, torch.zeros_like(depth)).view(b * t, 1, height, width)[frames]
+        grown = out[frames, None]
+        inf = torch.full_like(d, float("inf"))
+        for _ in range(self.grow_pixels):
+            # Depth range [near, far] of the dynamic neighbours of every pixel, in one pooling.
+            ranges = F.max_pool2d(torch.cat([-torch.where(grown, d, inf), torch.where(grown, d, -inf)], 1), 3, 1, 1)
+            near, far = -ranges[:, :1], ranges[:, 1:]
+            close = (d >= near * (1.0 - self.depth_tolerance)) & (d <= far * (1.0 + self.depth_tolerance))
+            grown = grown | (close & (d > 0))
+        out[frames] = grown[:, 0]
+        return out.view(b, t, height, width)
+
+    def _dynamic_pixels(self, colors: Tensor, depth: Tensor, valid: Tensor, poses: Tensor, k: Tensor) -> Tensor:
+        """Per-pixel votes from reprojecting every frame into every other frame of its chunk."""
+        b, t, height, width = depth.shape
+        if t < 2:
+            return torch.zeros_like(valid)
+        n, pixels = b * t, height * width
+        flat_depth = torch.where(valid, depth, torch.zeros_like(depth)).view(n, height, width)
+        flat_poses, flat_k = poses.reshape(n, 4, 4), k.reshape(n, 3, 3)
+        points = backproject(flat_depth, flat_k, flat_poses).view(n, pixels, 3)
+
+        # Neighbourhood depth range of each target frame; invalid pixels give no evidence.
+        seen = torch.where(valid, depth, torch.zeros_like(depth)).view(n, 1, height, width)
+        near = -F.max_pool2d(-torch.where(seen > 0, seen, torch.full_like(seen, float("inf"))), 3, 1, 1)
+        near = torch.where(torch.isfinite(near), near, torch.zeros_like(near)).view(n, pixels)
+        far = F.max_pool2d(seen, 3, 1, 1).view(n, pixels)
+        seen = seen.view(n, pixels)
+        target_colors = colors.reshape(n, pixels, 3)
+
+        # All ordered pairs (source, target) of distinct frames of the same chunk.
+        frame = torch.arange(t, device=depth.device)
+        src_t, dst_t = torch.meshgrid(frame, frame, indexing="ij")
+        off_diag = src_t != dst_t
+        chunk = torch.arange(b, device=depth.device)[:, None] * t
+        src = (chunk + src_t[off_diag][None]).reshape(-1)
+        dst = (chunk + dst_t[off_diag][None]).reshape(-1)
+
+        uv, z = project(points[src], flat_k[dst], flat_poses[dst])
+        cells, inside = points_to_cells(uv, z, height, width)
+        target = dst[:, None] * pixels + cells[..., 0] * width + cells[..., 1]
+        d_near, d_far, d_seen = near.view(-1)[target], far.view(-1)[target], seen.view(-1)[target]
+        usable = inside & valid.view(n, pixels)[src] & (d_seen > 0)
+        tol = self.depth_tolerance
+        vanished = usable & (z < (1.0 - tol) * d_near)
+        evidence = vanished
+        if self.color_tolerance is not None:
+            agree = usable & (d_near > 0) & (z >= (1.0 - tol) * d_near) & (z <= (1.0 + tol) * d_near)
+            agree &= d_far <= (1.0 + tol) * z
+            diff = (colors.reshape(n, pixels, 3)[src] - target_colors.view(-1, 3)[target]).abs().mean(dim=-1)
+            evidence = evidence | (agree & (diff > self.color_tolerance))
+        votes = torch.zeros(n, pixels, dtype=torch.int32, device=depth.device)
+        votes.index_add_(0, src, evidence.int())
+        return (votes >= self.min_votes).view(b, t, height, width)

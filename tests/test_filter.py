@@ -1,0 +1,174 @@
+"""TokenFilter: empty and dynamic tokens stay out of the cache, static surfaces go in."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_gym.geometry import intrinsics_from_fov, pose_from_position_yaw_pitch, scale_intrinsics
+from mirage_gym.memory import LatentCache, TokenFilter, pool_depth, pool_fraction
+
+S = 128  # frame size
+L = 16  # latent grid size
+K = intrinsics_from_fov(90.0, S, S)
+
+
+def static_camera(n: int) -> torch.Tensor:
+    return pose_from_position_yaw_pitch(torch.tensor([[0.0, 0.0, 1.5]]).expand(n, 3), torch.zeros(n), torch.zeros(n))
+
+
+def sliding_square_chunk(shift_px: int = 12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A static camera sees a wall at 4 m and a 32 px square at 2 m sliding right by ``shift_px`` a frame."""
+    t = 4
+    depth = torch.full((1, t, S, S), 4.0)
+    rgb = torch.full((1, t, S, S, 3), 90, dtype=torch.uint8)
+    square = torch.zeros(1, t, S, S, dtype=torch.bool)
+    for i in range(t):
+        x0 = 24 + i * shift_px
+        square[0, i, 48:80, x0 : x0 + 32] = True
+    depth[square] = 2.0
+    rgb[square] = 200
+    return rgb, depth, square
+
+
+def test_sliding_object_is_dynamic_and_the_wall_is_kept():
+    rgb, depth, square = sliding_square_chunk()
+    poses = static_camera(4)[None]
+    result = TokenFilter().analyze(rgb, depth, poses, K, (L, L))
+    on_object = pool_fraction(square, (L, L))
+    assert result.dynamic_pixels.shape == (1, 4, S, S)
+    assert not result.keep[on_object >= 0.5].any()  # every token mostly on the object is dropped
+    assert result.keep[on_object == 0].float().mean() > 0.95  # the wall goes to the cache
+    assert not result.empty.any()
+    # The rule's evidence is real: the object's pixels vote, the wall's far from it do not.
+    assert result.dynamic_pixels[square].float().mean() > 0.5
+    assert not result.dynamic_pixels[0, :, :, 112:].any()
+
+
+def test_static_chunk_keeps_everything_and_float_rgb_matches_uint8():
+    rgb, depth, _ = sliding_square_chunk(shift_px=0)  # the square does not move
+    poses = static_camera(4)[None]
+    filt = TokenFilter()
+    keep = filt(rgb, depth, poses, K, (L, L))
+    assert keep.all()
+    moving_rgb, moving_depth, _ = sliding_square_chunk()
+    a = filt(moving_rgb, moving_depth, poses, K, (L, L))
+    b = filt(moving_rgb.float() / 255.0, moving_depth, poses, K, (L, L))
+    assert torch.equal(a, b)
+
+
+def test_empty_tokens_are_dropped():
+    rgb, depth, _ = sliding_square_chunk(shift_px=0)
+    depth = depth.clone()
+    depth[0, :, 0:8, 0:8] = float("nan")  # token (0, 0): no depth
+    depth[0, :, 0:8, 8:16] = 500.0  # token (0, 1): beyond max_depth
+    depth[0, :, 0:8, 16:24] = 0.0  # token (0, 2): invalid
+    depth[0, :, 0:8, 24:27] = float("inf")  # token (0, 3): 3 of 8 columns invalid, still usable
+    depth[0, :, 8:16, 0:6] = 0.01  # token (1, 0): 6 of 8 columns nearer than min_depth
+    result = TokenFilter(max_depth=50.0, min_depth=0.05).analyze(rgb, depth, static_camera(4)[None], K, (L, L))
+    expected = torch.zeros(L, L, dtype=torch.bool)
+    expected[0, 0:3] = True
+    expected[1, 0] = True
+    for frame in range(4):
+        assert torch.equal(result.empty[0, frame], expected)
+    assert torch.equal(result.keep[0], ~expected.expand(4, L, L))
+
+
+def test_pool_depth_takes_the_median_of_valid_pixels():
+    depth = torch.full((1, 16, 16), 2.0)
+    depth[0, :8, :8] = float("nan")
+    depth[0, 8:, 8:10] = 9.0  # a minority of another surface does not move the token depth
+    pooled = pool_depth(depth, (2, 2))
+    assert torch.isnan(pooled[0, 0, 0]) and torch.equal(pooled[0, 1], torch.tensor([2.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "name,change",
+    [
+        ("rgb", dict(rgb=torch.zeros(1, 4, S, S, 4, dtype=torch.uint8))),
+        ("depth", dict(depth=torch.ones(1, 4, S, S - 1))),
+        ("cam_to_world", dict(cam_to_world=torch.full((1, 4, 4, 4), float("nan")))),
+        ("intrinsics", dict(intrinsics=torch.eye(2))),
+        ("latent_size", dict(latent_size=(12, 16))),
+        ("latent_size", dict(latent_size=16)),
+    ],
+)
+def test_bad_input_names_the_argument(name, change):
+    rgb, depth, _ = sliding_square_chunk()
+    args = dict(rgb=rgb, depth=depth, cam_to_world=static_camera(4)[None], intrinsics=K, latent_size=(L, L))
+    with pytest.raises(ValueError, match=name):
+        TokenFilter()(**{**args, **change})
+    with pytest.raises(ValueError, match="max_depth"):
+        TokenFilter(max_depth=0.01, min_depth=0.1)
+
+
+# ------------------------------------------------------- with the ground-truth world
+world = pytest.importorskip("mirage_gym.world")
+
+
+def _watch_moving_object(seed: int = 3, frame_step: float = 0.12):
+    """Four frames from a static camera watching a moving box at its fastest, ``frame_step`` m a frame."""
+    scene = world.make_scene(seed, moving_objects=1)
+    moving = scene.moving
+    period, phase = float(moving.period[0]), float(moving.phase[0])
+    speed = np.linalg.norm(moving.delta[0]) * math.pi / period  # peak speed of the back-and-forth
+    t_fast = ((math.pi / 2 - phase) % (2 * math.pi)) * period / (2 * math.pi)
+    dt = frame_step / speed
+    times = torch.tensor([t_fast + (i - 1.5) * dt for i in range(4)], dtype=torch.float32)
+    corners = scene.quads.corners()[scene.quads.moving == 0].reshape(-1, 3)
+    centre = (corners.min(0) + corners.max(0)) / 2 + moving.displacement(times[1:3].mean()[None]).numpy()[0, 0]
+    renderer = world.Renderer(scene)
+    k_small = scale_intrinsics(K, 0.25)
+    best = None
+    for distance in (2.5, 2.0, 3.0, 1.6):
+        for a in np.linspace(0.0, 2 * math.pi, 16, endpoint=False):
+            pos = np.array([centre[0] + distance * math.cos(a), centre[1] + distance * math.sin(a), scene.camera_height])
+            if not scene.is_free(pos[None])[0]:
+                continue
+            yaw = math.atan2(centre[1] - pos[1], centre[0] - pos[0])
+            pitch = math.atan2(centre[2] - pos[2], distance)
+            pose = pose_from_position_yaw_pitch(torch.tensor(pos, dtype=torch.float32)[None], torch.tensor([yaw]), torch.tensor([pitch]))
+            seen = float(renderer.render(pose, k_small, S // 4, S // 4, time=times[1:2]).dynamic.float().mean())
+            if best is None or seen > best[0]:
+                best = (seen, pose)
+        if best is not None and best[0] > 0.05:
+            break
+    assert best is not None and best[0] > 0.02, "no free viewpoint sees the moving object"
+    poses = best[1].expand(4, 4, 4).contiguous()
+    return renderer.render(poses, K, S, S, time=times), poses
+
+
+def test_moving_object_is_not_written_to_the_cache_but_static_walls_are():
+    out, poses = _watch_moving_object()
+    rgb, depth = out.rgb[None], out.depth[None]
+    result = TokenFilter().analyze(rgb, depth, poses[None], K, (L, L))
+    on_object = pool_fraction(out.dynamic, (L, L))  # [4, L, L]
+    assert (on_object >= 0.5).any()
+    assert not result.keep[0][on_object >= 0.5].any()
+    never_dynamic = (on_object.amax(dim=0) == 0)[None] & ~result.empty[0]  # [4, L, L]
+    assert result.keep[0][never_dynamic].float().mean() > 0.95
+
+    # Through the cache: the latents carry the ground truth, so the stored tokens can be audited.
+    token_depth = pool_depth(out.depth, (L, L))
+    static = (out.instance > 0) & ~out.dynamic
+    latents = torch.stack([on_object, pool_fraction(static, (L, L))], dim=1)  # [4, 2, L, L]
+    cache = LatentCache(2, voxel_size=0.05, occlusion_margin=None)
+    cache.write(latents, token_depth, poses, scale_intrinsics(K, L / S), keep=result.keep[0])
+    _, stored = cache.points()
+    assert len(cache) > 0
+    assert stored[:, 0].max() < 0.5  # no token of the moving object is in the cache
+    assert (stored[:, 1] == 1.0).float().mean() > 0.8  # what is stored is static surface
+    read, mask = cache.read(poses[:1], scale_intrinsics(K, L / S), L, L)
+    walls = never_dynamic[0] & (pool_fraction(static[0], (L, L)) == 1.0)
+    assert mask[0][walls].float().mean() > 0.95  # static walls are in the cache and read back
+
+
+def test_static_house_tokens_are_kept_on_a_walk():
+    scene = world.make_scene(1, moving_objects=0)
+    poses = world.trajectories.random_walk(scene, np.random.default_rng(1), 16)
+    out = world.Renderer(scene).render(poses, K, S, S)
+    result = TokenFilter().analyze(out.rgb.view(4, 4, S, S, 3), out.depth.view(4, 4, S, S), poses.view(4, 4, 4, 4), K, (L, L))
+    assert result.keep[~result.empty].float().mean() > 0.99

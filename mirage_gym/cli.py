@@ -15,12 +15,14 @@ from collections.abc import Sequence
 # (command path, module, one-line help). Nested paths ("bench", "memory") become sub-subcommands.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "mirage_gym.demo", "roll out a scene and write a video (the README's first command)"),
+    (("train", "vae"), "mirage_gym.training.vae_stage", "stage 1: train the autoencoder and depth head on ground-truth renders"),
     (("bench", "memory"), "mirage_gym.bench.memory", "LatentCache vs PointCloudMemory: time per chunk and bytes held"),
     (("bench", "render"), "mirage_gym.bench.render", "ground-truth renderer throughput (frames/s)"),
     (("bench", "filter"), "mirage_gym.bench.filter", "dynamic-token filter precision/recall against ground-truth moving objects"),
 ]
 
 GROUP_HELP = {
+    "train": "train the default model's parts (resumable; tensorboard logs in the run folder)",
     "bench": "benchmarks that print figures (and write JSON with --json)",
 }
 

@@ -1,0 +1,183 @@
+"""Stage 1: the per-frame autoencoder and the depth head, trained together on ground-truth renders.
+
+``mirage-gym train vae --config default --out runs/vae``
+
+The depth head reads the encoder's latents, so its loss also shapes the latent space:
+latents carry geometry, which the cache needs (a token must know its depth) and the
+generator benefits from. The decoder and the depth head see latents with a little
+Gaussian noise, so they tolerate the small errors of generated latents.
+
+Training uses random crops aligned to latent cells (``crop`` in the config; both networks
+are convolutional, so a 64x64 crop trains them at a quarter of the cost of a 128x128 frame).
+Losses: RGB ``L1 + w_ssim (1 - SSIM)``; depth ``|log d - log d_gt|`` at the latent cells
+(rendered exactly at cell centres) and at the pixels. At the end the latent statistics
+are measured and written into the autoencoder's config (``shift_factor``,
+``scaling_factor``), so :class:`~mirage_gym.model.VideoVAE` hands the generator latents of
+roughly unit variance.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderTiny
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from mirage_gym.metrics import psnr, ssim_map
+from mirage_gym.model.depth_head import DepthHead
+from mirage_gym.training.config import load_config
+from mirage_gym.training.data import RoomStream
+from mirage_gym.training.loop import (
+    TrainState,
+    add_common_arguments,
+    load_checkpoint,
+    make_optimizer,
+    resolve_device,
+    save_checkpoint,
+)
+
+__all__ = ["build_autoencoder", "build_depth_head", "train_vae"]
+
+
+def build_autoencoder(config: dict) -> AutoencoderTiny:
+    return AutoencoderTiny(**config["vae"])
+
+
+def build_depth_head(config: dict, autoencoder: AutoencoderTiny) -> DepthHead:
+    factor = autoencoder.config.upsampling_scaling_factor ** (len(autoencoder.config.decoder_block_out_channels) - 1)
+    return DepthHead(latent_channels=autoencoder.config.latent_channels, spatial_factor=factor, **config["depth_head"])
+
+
+def _random_crop(batch, crop: int, factor: int, generator: torch.Generator):
+    """The same random ``crop x crop`` window of every frame, aligned to latent cells (both models are convolutional)."""
+    size = batch.rgb.shape[-1]
+    if crop >= size:
+        return batch.rgb[:, 0], batch.depth[:, 0], batch.token_depth[:, 0]
+    i, j = (int(v) * factor for v in torch.randint(0, (size - crop) // factor + 1, (2,), generator=generator))
+    c, f = crop, factor
+    return (
+        batch.rgb[:, 0, :, i : i + c, j : j + c],
+        batch.depth[:, 0, i : i + c, j : j + c],
+        batch.token_depth[:, 0, i // f : (i + c) // f, j // f : (j + c) // f],
+    )
+
+
+def _losses(autoencoder, head, x, depth_gt, token_depth_gt, latent_noise: float, ssim_weight: float, depth_weight: float):
+    z = autoencoder.encoder(x)  # x: [B, 3, H, W] in [-1, 1]
+    sigma = latent_noise * torch.rand(z.shape[0], 1, 1, 1, device=z.device) * z.detach().std()
+    z_noisy = z + sigma * torch.randn_like(z)
+    recon = autoencoder.decoder(z_noisy)
+    x01, r01 = (x + 1) / 2, (recon + 1) / 2
+    loss_l1 = F.l1_loss(recon, x)
+    loss_ssim = (1 - ssim_map(r01, x01)).mean()
+    depth = head(z_noisy)
+    loss_tok = (depth.token_depth.log() - token_depth_gt.log()).abs().mean()
+    loss_pix = (depth.pixel_depth.log() - depth_gt.log()).abs().mean()
+    loss = loss_l1 + ssim_weight * loss_ssim + depth_weight * (loss_tok + loss_pix)
+    stats = {
+        "loss/total": loss.item(), "loss/l1": loss_l1.item(), "loss/ssim": loss_ssim.item(),
+        "loss/depth_token": loss_tok.item(), "loss/depth_pixel": loss_pix.item(),
+        "metrics/psnr": psnr(r01.detach(), x01).mean().item(),
+        "metrics/abs_rel_token": ((depth.token_depth - token_depth_gt).abs() / token_depth_gt).mean().item(),
+        "metrics/latent_std": z.detach().std().item(),
+    }
+    return loss, stats, recon
+
+
+@torch.no_grad()
+def _calibrate(autoencoder: AutoencoderTiny, stream: RoomStream, device: torch.device, batches: int = 8) -> None:
+    """Write the latent mean/std into the config so VideoVAE normalises latents to unit variance."""
+    zs = [autoencoder.encoder(stream.frames(16).rgb[:, 0].to(device)) for _ in range(batches)]
+    z = torch.cat(zs)
+    autoencoder.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
+
+
+def train_vae(
+    config: dict,
+    out: Path,
+    *,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    device: torch.device = torch.device("cpu"),
+    seed: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train stage 1 into ``out``; returns the last logged statistics."""
+    hp = config["train_vae"]
+    steps = steps or hp["steps"]
+    batch_size = batch_size or hp["batch_size"]
+    seed = hp["seed"] if seed is None else seed
+    torch.manual_seed(seed)
+    autoencoder = build_autoencoder(config).to(device)
+    head = build_depth_head(config, autoencoder).to(device)
+    modules = {"autoencoder": autoencoder, "depth_head": head}
+    params = list(autoencoder.parameters()) + list(head.parameters())
+    optimizer, scheduler = make_optimizer(params, hp["lr"], hp["warmup"], steps)
+    state = TrainState()
+    if resume and load_checkpoint(out, state, modules, optimizer, scheduler):
+        print(f"resumed {out} at step {state.step}")
+    data = config.get("data", {})
+    stream = RoomStream(
+        resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=head.config.spatial_factor,
+        room_seeds=tuple(data.get("train_room_seeds", (0, 100_000))), pool_size=data.get("rooms_in_pool", 32),
+        moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed * 1_000_003 + state.step,
+    )
+    factor = head.config.spatial_factor
+    crop_rng = torch.Generator().manual_seed(seed * 7919 + state.step)
+    writer = SummaryWriter(str(out / "tb"))
+    stats: dict[str, float] = {}
+    bar = tqdm(total=steps, initial=state.step, desc="train vae", disable=not progress, dynamic_ncols=True)
+    autoencoder.train(), head.train()
+    while state.step < steps:
+        batch = stream.frames(batch_size).to(device)
+        x, depth_gt, token_depth_gt = _random_crop(batch, hp.get("crop", config["resolution"]), factor, crop_rng)
+        loss, stats, recon = _losses(
+            autoencoder, head, x, depth_gt, token_depth_gt, hp["latent_noise"], hp["ssim_weight"], hp["depth_weight"]
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        state.step += 1
+        bar.update(1)
+        if state.step % hp["log_every"] == 0 or state.step == steps:
+            for key, value in stats.items():
+                writer.add_scalar(key, value, state.step)
+            writer.add_scalar("lr", scheduler.get_last_lr()[0], state.step)
+            bar.set_postfix(loss=f"{stats['loss/total']:.3f}", psnr=f"{stats['metrics/psnr']:.1f}")
+        if state.step % (hp["log_every"] * 10) == 0:
+            grid = torch.cat([x[:4], recon[:4].detach()], dim=-1).clamp(-1, 1) * 0.5 + 0.5
+            writer.add_images("input|reconstruction", grid, state.step)
+        if state.step % hp["checkpoint_every"] == 0 or state.step == steps:
+            save_checkpoint(out, state, modules, optimizer, scheduler, config)
+    bar.close()
+    autoencoder.eval(), head.eval()
+    _calibrate(autoencoder, stream, device)
+    autoencoder.save_pretrained(out / "vae")
+    head.save_pretrained(out / "depth_head")
+    writer.close()
+    stats["wall_time_s"] = state.elapsed()
+    return stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, default_out="runs/vae")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    stats = train_vae(
+        config, Path(args.out), steps=args.steps, batch_size=args.batch_size, device=resolve_device(args.device),
+        seed=args.seed, resume=args.resume,
+    )
+    print("final:", ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    print(f"weights: {Path(args.out) / 'vae'} and {Path(args.out) / 'depth_head'}")
+    return 0

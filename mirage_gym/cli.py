@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "mirage_gym.demo", "roll out a scene and write a video (the README's first command)"),
     (("train", "vae"), "mirage_gym.training.vae_stage", "stage 1: train the autoencoder and depth head on ground-truth renders"),
+    (("train", "generator"), "mirage_gym.training.generator_stage", "stage 2: train the widened Wan transformer (flow matching over the cache)"),
     (("bench", "memory"), "mirage_gym.bench.memory", "LatentCache vs PointCloudMemory: time per chunk and bytes held"),
     (("bench", "render"), "mirage_gym.bench.render", "ground-truth renderer throughput (frames/s)"),
     (("bench", "filter"), "mirage_gym.bench.filter", "dynamic-token filter precision/recall against ground-truth moving objects"),

@@ -1,0 +1,113 @@
+"""Ground-truth trajectories encoded once with the stage-1 autoencoder, for stage 2.
+
+Encoding 128x128 frames costs ~25 ms each on one CPU core, far more than a transformer
+step on them, so stage 2 encodes its clips once and then samples chunks, contexts and
+cache histories from them for many epochs. What is stored is what inference would have:
+
+* ``latents`` ``[N, L, C, h, w]`` (float16) from the autoencoder;
+* ``token_depth`` ``[N, L, h, w]`` **predicted** by the depth head, not ground truth, so
+  the caches built in training carry the same depth errors as at inference;
+* ``keep`` ``[N, L, h, w]``: the :class:`~mirage_gym.memory.TokenFilter` decision on each
+  chunk of ``chunk`` frames (ground-truth RGB with predicted depth), so moving objects stay
+  out of training caches the same way they stay out at inference;
+* ``cam_to_world`` ``[N, L, 4, 4]``.
+
+Shards are written atomically (temporary file, then rename): an interrupted run resumes at
+the first missing shard.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mirage_gym.memory import TokenFilter
+from mirage_gym.model import DepthHead, VideoVAE
+from mirage_gym.training.data import RoomStream
+
+__all__ = ["encode_clips", "LatentClips"]
+
+SHARD = "shard_{:05d}.safetensors"
+
+
+@torch.no_grad()
+def encode_clips(
+    folder: Path,
+    stream: RoomStream,
+    vae: VideoVAE,
+    depth_head: DepthHead,
+    *,
+    num_clips: int,
+    clip_frames: int,
+    chunk: int,
+    clips_per_shard: int = 32,
+    progress: bool = True,
+) -> Path:
+    """Render, encode and store ``num_clips`` clips into ``folder`` (skipping shards already there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    token_filter = TokenFilter()
+    shards = -(-num_clips // clips_per_shard)
+    h = stream.latent_size
+    for index in tqdm(range(shards), desc="encode clips", disable=not progress, dynamic_ncols=True):
+        path = folder / SHARD.format(index)
+        if path.exists():
+            continue
+        clips = stream.clips(min(clips_per_shard, num_clips - index * clips_per_shard), clip_frames)
+        b, n = clips.rgb.shape[:2]
+        latents = vae.encode(clips.rgb)  # [B, C, L, h, w]
+        depth = depth_head(latents.transpose(1, 2).flatten(0, 1))
+        token_depth = depth.token_depth.unflatten(0, (b, n))
+        pixel_depth = depth.pixel_depth.unflatten(0, (b, n))
+        rgb = ((clips.rgb.permute(0, 1, 3, 4, 2) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        keep = torch.cat(
+            [
+                token_filter(rgb[:, s : s + chunk], pixel_depth[:, s : s + chunk], clips.cam_to_world[:, s : s + chunk],
+                             clips.intrinsics, latent_size=(h, h))
+                for s in range(0, n, chunk)
+            ],
+            dim=1,
+        )
+        tensors = {
+            "latents": latents.transpose(1, 2).half().contiguous(),
+            "token_depth": token_depth.half().contiguous(),
+            "keep": keep.contiguous(),
+            "cam_to_world": clips.cam_to_world.contiguous(),
+            "intrinsics": clips.intrinsics.contiguous(),
+        }
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    return folder
+
+
+class LatentClips:
+    """All shards of a folder in memory; ``sample`` draws a batch of whole clips."""
+
+    def __init__(self, folder: Path) -> None:
+        paths = sorted(folder.glob("shard_*.safetensors"))
+        if not paths:
+            raise ValueError(f"no encoded clips in {folder}")
+        parts = [load_file(str(p)) for p in paths]
+        self.latents = torch.cat([p["latents"] for p in parts])
+        self.token_depth = torch.cat([p["token_depth"] for p in parts])
+        self.keep = torch.cat([p["keep"] for p in parts])
+        self.cam_to_world = torch.cat([p["cam_to_world"] for p in parts])
+        self.intrinsics = parts[0]["intrinsics"]
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``latents [B, C, L, h, w]`` float32, ``token_depth [B, L, h, w]``, ``keep``, ``cam_to_world``."""
+        index = torch.randint(len(self), (batch,), generator=generator)
+        return (
+            self.latents[index].float().transpose(1, 2),
+            self.token_depth[index].float(),
+            self.keep[index],
+            self.cam_to_world[index],
+        )

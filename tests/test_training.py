@@ -1,0 +1,142 @@
+"""Training stages on the tiny config: resume, export, overfitting, cache set-up, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_gym.geometry import intrinsics_from_fov, scale_intrinsics
+from mirage_gym.model import DepthHead, VideoVAE
+from mirage_gym.model.generator import MirageGenerator
+from mirage_gym.model.transformer import build_transformer
+from mirage_gym.training.config import load_config
+from mirage_gym.training.generator_stage import (
+    flow_matching_loss,
+    load_stage1,
+    make_chunk_batch,
+    sample_sigmas,
+    train_generator,
+)
+from mirage_gym.training.latent_clips import LatentClips
+from mirage_gym.training.loop import CHECKPOINT
+from mirage_gym.training.vae_stage import train_vae
+
+TINY = Path(__file__).parent / "configs" / "tiny.json"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return load_config(TINY)
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, config) -> Path:
+    out = tmp_path_factory.mktemp("stage1")
+    train_vae(config, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory, config, stage1) -> Path:
+    out = tmp_path_factory.mktemp("stage2")
+    train_generator(config, out, stage1, progress=False)
+    return out
+
+
+def test_vae_stage_exports_calibrated_parts(stage1, config):
+    vae, head = load_stage1(stage1, torch.device("cpu"))
+    assert isinstance(vae, VideoVAE) and isinstance(head, DepthHead)
+    # Calibration wrote the latent statistics into the config (TAESD's defaults are 1.0 and 0.0).
+    assert vae.vae.config.scaling_factor != 1.0
+    frames = torch.rand(1, 2, 3, 32, 32) * 2 - 1
+    assert vae.decode(vae.encode(frames)).shape == frames.shape
+    assert torch.load(stage1 / CHECKPOINT, weights_only=False)["train_state"]["step"] == config["train_vae"]["steps"]
+
+
+def test_vae_stage_resumes_from_checkpoint(tmp_path, config):
+    train_vae(config, tmp_path, steps=2, progress=False)
+    first = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert first["train_state"]["step"] == 2
+    train_vae(config, tmp_path, steps=4, progress=False)
+    second = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert second["train_state"]["step"] == 4
+    # The schedule continued rather than restarting: the scheduler counted all four steps.
+    assert second["scheduler"]["last_epoch"] == 4
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, config):
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint.pt"):
+        train_vae(config, tmp_path, progress=False)
+    # Nothing was overwritten.
+    assert (tmp_path / CHECKPOINT).read_bytes() == b"not a checkpoint"
+
+
+def test_missing_stage1_names_the_folder(tmp_path):
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        load_stage1(tmp_path, torch.device("cpu"))
+
+
+def test_unknown_config_lists_shipped_ones():
+    with pytest.raises(ValueError, match="default"):
+        load_config("no-such-config")
+
+
+def _clips(stage2: Path):
+    clips = LatentClips(stage2 / "clips")
+    latents, depth, keep, poses = clips.sample(2, torch.Generator().manual_seed(0))
+    latent_k = scale_intrinsics(clips.intrinsics, 1 / 8)
+    return latents, depth, keep, poses, latent_k
+
+
+def test_chunk_batch_cache_follows_history(stage2, config):
+    latents, depth, keep, poses, latent_k = _clips(stage2)
+    args = dict(context_frames=1, chunk=2, voxel_size=0.1, context_noise=0.0)
+    full = make_chunk_batch(latents, depth, keep, poses, latent_k, cache_dropout=0.0, history_keep=(1.0, 1.0),
+                            generator=torch.Generator().manual_seed(1), **args)
+    empty = make_chunk_batch(latents, depth, keep, poses, latent_k, cache_dropout=1.0, history_keep=(1.0, 1.0),
+                             generator=torch.Generator().manual_seed(1), **args)
+    assert full.target.shape == (2, 4, 2, 4, 4) and full.context.shape == (2, 4, 1, 4, 4)
+    assert full.mask.any(), "a full history must project into the chunk's cameras"
+    assert not empty.mask.any() and (empty.cache == 0).all()
+    assert full.poses.shape == (2, 3, 4, 4)
+
+
+def test_generator_loss_falls_when_overfitting(stage2, config):
+    torch.manual_seed(0)
+    latents, depth, keep, poses, latent_k = _clips(stage2)
+    gen = torch.Generator().manual_seed(2)
+    batch = make_chunk_batch(latents, depth, keep, poses, latent_k, context_frames=1, chunk=2, voxel_size=0.1,
+                             cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, generator=gen)
+    transformer = build_transformer(4, **config["transformer"])
+    sigmas = sample_sigmas(2, 3.0, gen)
+    noise = torch.randn(batch.target.shape, generator=gen)
+    optimizer = torch.optim.Adam(transformer.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = flow_matching_loss(transformer, batch, latent_k, sigmas, noise, 1000)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], f"loss did not fall: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_stage2_export_loads_and_generates(stage2):
+    generator = MirageGenerator.from_pretrained(stage2 / "model")
+    assert generator.num_inference_steps == 2 and generator.context_frames == 1
+    k = intrinsics_from_fov(90.0, 32, 32)
+    from mirage_gym.world import Renderer, make_scene
+
+    scene = make_scene(7)
+    pose = scene.sample_pose(np.random.default_rng(0))
+    generator.start(Renderer(scene).render(pose[None], k, 32, 32).rgb, pose[None], k)
+    out = generator.step(pose[None, None].repeat(1, 2, 1, 1), torch.Generator().manual_seed(0))
+    assert out.rgb.shape == (1, 2, 32, 32, 3) and out.rgb.dtype == torch.uint8
+    assert out.cache_mask.all(), "at the start pose the start image covers the whole latent grid"
+    saved = json.loads((stage2 / "config.json").read_text())
+    assert saved["name"] == "tiny"

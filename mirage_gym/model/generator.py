@@ -1,0 +1,590 @@
+"""The chunked sampler: :class:`MirageGenerator`.
+
+One :meth:`MirageGenerator.step` advances ``B`` independent scenes by one chunk of
+frames, in one transformer forward per denoising step::
+
+    memory read for the chunk's poses -> flow-matching denoising (diffusers scheduler)
+    -> VAE decode + depth head -> TokenFilter -> memory write
+
+Memory modes (the same trajectories can be run with each, for comparison):
+
+* ``"latent"`` -- the :class:`~mirage_gym.memory.LatentCache`: cached tokens are
+  projected straight onto each latent frame's grid. Its size is bounded by the
+  scene and nothing per frame is kept beyond the context, so the per-chunk cost does
+  not grow with the trajectory.
+* ``"pixel"`` -- the pixel-space baseline (Gen3C, VMem, Spatia): a
+  :class:`~mirage_gym.memory.PointCloudMemory` is rendered at pixel resolution for
+  every frame of the chunk and re-encoded with the VAE; a latent cell is valid when at
+  least half of its pixels were rendered.
+* ``"none"`` -- no memory: empty cache channels; only the previous chunk's context.
+
+Time: with a temporal VAE (Wan, ``temporal_factor`` 4) a chunk has ``T = 1 + 4(t-1)``
+pixel frames for ``t`` latent frames, latent frame ``k`` takes the pose of pixel frame
+``4k`` (the convention of the published Mirage code), and pixel frames ``4k-3 .. 4k``
+share latent frame ``k``'s depth map. A per-frame VAE has one latent frame per pixel
+frame and any ``T``.
+
+Context: the last ``context_frames`` latent frames (clean, timestep 0) precede the
+chunk in the transformer's sequence. After :meth:`start` the start image's latent is
+repeated to fill the context, so every scene of the batch always has the same
+sequence length (sub-scenes can be reset individually).
+
+Randomness: the initial noise of each scene is drawn from its own generator when a
+list of ``B`` generators is given, so a batch equals ``B`` single runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor, nn
+
+from mirage_gym.geometry import scale_intrinsics
+from mirage_gym.memory import LatentCache, PointCloudMemory, TokenFilter, pool_fraction
+from mirage_gym.model.depth_head import DepthHead
+from mirage_gym.model.pretrained import GENERATOR_SETTINGS, encode_prompt, load_components, save_components
+from mirage_gym.model.transformer import chunk_inputs, input_layout, predict_flow
+from mirage_gym.model.vae import VideoVAE
+
+__all__ = ["ChunkOutput", "MirageGenerator", "MEMORY_MODES"]
+
+MEMORY_MODES = ("latent", "pixel", "none")
+Scheduler = FlowMatchEulerDiscreteScheduler | UniPCMultistepScheduler
+
+
+@dataclass
+class ChunkOutput:
+    """One chunk (or the start frame) of ``B`` scenes.
+
+    Attributes:
+        rgb: ``[B, T, H, W, 3]`` uint8 frames.
+        depth: ``[B, T, H, W]`` float32 metric depth.
+        latents: ``[B, C, t, h, w]`` the chunk's clean latents.
+        cache_mask: ``[B, t, h, w]`` bool, where the memory conditioned each latent frame.
+        timings: seconds per stage (``cache_read``, ``denoise``, ``decode``, ``filter``,
+            ``write``; ``render`` and ``encode`` for the pixel memory).
+    """
+
+    rgb: Tensor
+    depth: Tensor
+    latents: Tensor
+    cache_mask: Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    """Wall-clock stage timings; synchronises CUDA so a stage is charged its own kernels."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.timings: dict[str, float] = {}
+        self._last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def _scheduler_with_shift(scheduler: Scheduler, shift: float | None) -> Scheduler:
+    if shift is None:
+        return scheduler
+    if shift <= 0:
+        raise ValueError(f"shift must be positive, got {shift}")
+    key = "flow_shift" if "flow_shift" in scheduler.config else "shift"
+    return type(scheduler).from_config(scheduler.config, **{key: float(shift)})
+
+
+class MirageGenerator(nn.Module):
+    """Chunked video generation over a persistent scene memory, for ``B`` scenes at once.
+
+    Args:
+        transformer: a widened ``WanTransformer3DModel`` (see :mod:`~mirage_gym.model.transformer`);
+            for Wan2.2 A14B the high-noise expert.
+        vae: the :class:`VideoVAE`.
+        depth_head: the :class:`DepthHead` for the VAE's latents.
+        scheduler: ``FlowMatchEulerDiscreteScheduler`` or ``UniPCMultistepScheduler`` with flow sigmas.
+        transformer_2: the low-noise expert of Wan2.2 A14B, used for timesteps below
+            ``boundary_ratio * num_train_timesteps``.
+        boundary_ratio: the MoE switch point (required with ``transformer_2``).
+        memory: ``"latent"``, ``"pixel"`` or ``"none"``.
+        num_inference_steps: denoising steps per chunk.
+        shift: overrides the scheduler's (flow) shift.
+        voxel_size, cache_capacity: of the :class:`LatentCache` (``capacity`` per scene).
+        context_frames: clean latent frames of the past that precede each chunk.
+        token_filter: decides which generated tokens are written back (default ``TokenFilter()``).
+        prompt_embeds: ``[L, text_dim]`` or ``[1 or B, L, text_dim]`` precomputed text
+            embeddings; ``None`` gives the fixed empty (zero) prompt.
+    """
+
+    def __init__(
+        self,
+        transformer: WanTransformer3DModel,
+        vae: VideoVAE,
+        depth_head: DepthHead,
+        scheduler: Scheduler,
+        *,
+        transformer_2: WanTransformer3DModel | None = None,
+        boundary_ratio: float | None = None,
+        memory: str = "latent",
+        num_inference_steps: int = 4,
+        shift: float | None = None,
+        voxel_size: float = 0.05,
+        cache_capacity: int = 200_000,
+        context_frames: int = 2,
+        token_filter: TokenFilter | None = None,
+        prompt_embeds: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        layout = input_layout(transformer)
+        if layout.latent_channels != vae.latent_channels:
+            raise ValueError(
+                f"the transformer works on {layout.latent_channels}-channel latents but the VAE has "
+                f"{vae.latent_channels} channels"
+            )
+        if transformer_2 is not None:
+            layout_2 = input_layout(transformer_2)
+            if layout_2 != layout or tuple(transformer_2.config.patch_size) != tuple(transformer.config.patch_size):
+                raise ValueError("transformer_2 must have the same channel layout and patch size as transformer")
+            if boundary_ratio is None or not 0.0 < boundary_ratio < 1.0:
+                raise ValueError(f"transformer_2 needs a boundary_ratio in (0, 1), got {boundary_ratio}")
+        elif boundary_ratio is not None:
+            raise ValueError("boundary_ratio is only meaningful with transformer_2")
+        if depth_head.config.latent_channels != vae.latent_channels:
+            raise ValueError(
+                f"depth_head reads {depth_head.config.latent_channels}-channel latents, the VAE gives "
+                f"{vae.latent_channels}"
+            )
+        if depth_head.config.spatial_factor != vae.spatial_factor:
+            raise ValueError(
+                f"depth_head upsamples by {depth_head.config.spatial_factor}, the VAE's spatial factor is "
+                f"{vae.spatial_factor}"
+            )
+        if not isinstance(scheduler, (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler)):
+            raise TypeError(
+                f"scheduler must be FlowMatchEulerDiscreteScheduler or UniPCMultistepScheduler, got "
+                f"{type(scheduler).__name__}"
+            )
+        if isinstance(scheduler, UniPCMultistepScheduler) and not scheduler.config.use_flow_sigmas:
+            raise ValueError("a UniPCMultistepScheduler must use flow sigmas (use_flow_sigmas=True)")
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if context_frames < 1:
+            raise ValueError(f"context_frames must be >= 1, got {context_frames}")
+        if voxel_size <= 0 or cache_capacity < 1:
+            raise ValueError(f"need voxel_size > 0 and cache_capacity >= 1, got {voxel_size} and {cache_capacity}")
+        text_dim = int(transformer.config.text_dim)
+        if prompt_embeds is not None:
+            if prompt_embeds.dim() == 2:
+                prompt_embeds = prompt_embeds[None]
+            if prompt_embeds.dim() != 3 or prompt_embeds.shape[-1] != text_dim:
+                raise ValueError(f"prompt_embeds must be [L, {text_dim}] or [B, L, {text_dim}], got "
+                                 f"{tuple(prompt_embeds.shape)}")
+        else:
+            prompt_embeds = torch.zeros(1, 1, text_dim)  # the fixed empty prompt
+
+        self.transformer = transformer
+        self.transformer_2 = transformer_2
+        self.vae = vae
+        self.depth_head = depth_head
+        self.scheduler = _scheduler_with_shift(scheduler, shift)
+        self.boundary_ratio = boundary_ratio
+        self.memory = memory
+        self.num_inference_steps = num_inference_steps
+        self.voxel_size = voxel_size
+        self.cache_capacity = cache_capacity
+        self.context_frames = context_frames
+        self.token_filter = token_filter if token_filter is not None else TokenFilter()
+        self.register_buffer("prompt_embeds", prompt_embeds.float(), persistent=False)
+        # Where the checkpoint came from, for save_pretrained (set by from_pretrained).
+        self.base_model_path: Path | None = None
+        self._reset_state()
+
+    # ------------------------------------------------------------------ folders
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        lora: str | Path | None = None,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> MirageGenerator:
+        """Load a generator from a Wan2.2 folder (5B or A14B), a Mirage folder, or a base plus a Mirage LoRA.
+
+        ``prompt`` is encoded once with the Wan2.2 folder's text encoder (it must have one);
+        without it, ``prompt_embeds`` or the empty prompt are used. ``kwargs`` are generator
+        arguments (``memory``, ``num_inference_steps``, ``prompt_embeds``, ...); they override
+        the settings stored in the folder. See :mod:`~mirage_gym.model.pretrained`.
+        """
+        if prompt is not None and "prompt_embeds" in kwargs:
+            raise ValueError("give either prompt or prompt_embeds, not both")
+        parts = load_components(folder, lora=lora, torch_dtype=torch_dtype, device=device)
+        if prompt is not None:
+            if parts.base_model_path is None:
+                raise ValueError(f"{folder} is not a Wan2.2 folder with a text encoder: pass prompt_embeds")
+            kwargs["prompt_embeds"] = encode_prompt(
+                parts.base_model_path, prompt, torch_dtype=parts.transformer.dtype, device=device
+            )
+        settings = {**parts.settings, **kwargs}
+        generator = cls(
+            parts.transformer,
+            parts.vae,
+            parts.depth_head,
+            parts.scheduler,
+            transformer_2=parts.transformer_2,
+            boundary_ratio=parts.boundary_ratio,
+            **settings,
+        )
+        generator.base_model_path = parts.base_model_path
+        return generator.to(parts.transformer.device)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Save as a Mirage folder: the whole model, or for a Wan2.2 base the LoRA, input layer and depth head."""
+        return save_components(
+            folder,
+            transformer=self.transformer,
+            transformer_2=self.transformer_2,
+            boundary_ratio=self.boundary_ratio,
+            vae=self.vae,
+            depth_head=self.depth_head,
+            scheduler=self.scheduler,
+            settings={key: getattr(self, key) for key in GENERATOR_SETTINGS},
+            base_model_path=self.base_model_path,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def _reset_state(self) -> None:
+        self._store: LatentCache | PointCloudMemory | None = None
+        self._context: Tensor | None = None  # [B, C, k, h, w]
+        self._context_poses: Tensor | None = None  # [B, k, 4, 4]
+        self._intrinsics: Tensor | None = None  # [3, 3] pixel camera
+        self._image_size: tuple[int, int] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.latent_channels
+
+    @property
+    def batch_size(self) -> int:
+        """Number of scenes since the last full :meth:`start` (0 before it)."""
+        return 0 if self._context is None else self._context.shape[0]
+
+    @property
+    def memory_store(self) -> LatentCache | PointCloudMemory | None:
+        """The scene memory (``None`` for ``memory="none"`` or before :meth:`start`)."""
+        return self._store
+
+    def memory_bytes(self) -> list[int]:
+        """Bytes held by the scene memory, per scene (zeros for ``memory="none"``)."""
+        if self._context is None:
+            return []
+        b = self.batch_size
+        if self._store is None:
+            return [0] * b
+        # Both stores hold a fixed number of bytes per token/point, so a scene's share is exact.
+        store = self._store
+        total, count = store.nbytes, len(store)
+        counts = [store.num_tokens(s) if self.memory == "latent" else store.num_points(s) for s in range(b)]
+        return [0 if count == 0 else total * c // count for c in counts]
+
+    def chunk_frames(self, latent_frames: int) -> int:
+        """Pixel frames of a chunk of ``latent_frames`` latent frames (``1 + 4(t-1)`` for Wan)."""
+        if latent_frames < 1:
+            raise ValueError(f"latent_frames must be >= 1, got {latent_frames}")
+        f = self.vae.temporal_factor
+        return latent_frames if f == 1 else 1 + f * (latent_frames - 1)
+
+    def _latent_grid(self, height: int, width: int) -> tuple[int, int]:
+        sf = self.vae.spatial_factor
+        _, p_h, p_w = self.transformer.config.patch_size
+        if height % (sf * p_h) or width % (sf * p_w):
+            raise ValueError(
+                f"image size {height}x{width} must be a multiple of {sf * p_h}x{sf * p_w} "
+                f"(VAE factor {sf} x patch {p_h}x{p_w})"
+            )
+        return height // sf, width // sf
+
+    def _new_store(self, num_scenes: int) -> LatentCache | PointCloudMemory | None:
+        if self.memory == "latent":
+            return LatentCache(
+                self.latent_channels, self.voxel_size, self.cache_capacity, num_scenes=num_scenes, device=self.device
+            )
+        if self.memory == "pixel":
+            return PointCloudMemory(device=self.device)
+        return None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _encode_images(self, images: Tensor) -> Tensor:
+        frames = images.to(self.device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        return self.vae.encode(frames)
+
+    @staticmethod
+    def _to_uint8(frames: Tensor) -> Tensor:
+        return ((frames + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).contiguous()
+
+    def _depth(self, latents: Tensor) -> tuple[Tensor, Tensor]:
+        """Token depth ``[B, t, h, w]`` and pixel depth ``[B, t, H, W]`` of latents ``[B, C, t, h, w]``."""
+        b, _, t = latents.shape[:3]
+        out = self.depth_head(latents.transpose(1, 2).flatten(0, 1))
+        return out.token_depth.unflatten(0, (b, t)), out.pixel_depth.unflatten(0, (b, t))
+
+    def _denoiser(self, timestep: Tensor) -> WanTransformer3DModel:
+        if self.transformer_2 is None:
+            return self.transformer
+        boundary = self.boundary_ratio * self.scheduler.config.num_train_timesteps
+        return self.transformer if timestep >= boundary else self.transformer_2
+
+    def _keep_at_pixels(self, keep: Tensor) -> Tensor:
+        sf = self.vae.spatial_factor
+        return keep.repeat_interleave(sf, dim=-2).repeat_interleave(sf, dim=-1)
+
+    @staticmethod
+    def _check_pose(name: str, pose: Tensor, shape: tuple[int, ...]) -> None:
+        if tuple(pose.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(pose.shape)}")
+        if not torch.isfinite(pose).all():
+            raise ValueError(f"{name} contains NaN or inf")
+
+    # ------------------------------------------------------------------ start / step
+
+    @torch.no_grad()
+    def start(
+        self,
+        images: Tensor,
+        cam_to_world: Tensor,
+        intrinsics: Tensor,
+        scenes: Sequence[int] | Tensor | None = None,
+    ) -> ChunkOutput:
+        """Image-to-video start: encode start images, predict their depth, write them to the memory.
+
+        Args:
+            images: ``[S, H, W, 3]`` uint8 start images.
+            cam_to_world: ``[S, 4, 4]`` their poses.
+            intrinsics: ``[3, 3]`` pixel camera, shared by all scenes.
+            scenes: ``None`` starts ``B = S`` fresh scenes (all memory is dropped); otherwise the
+                indices (into the current ``B``) of the scenes to reset, the others are untouched.
+
+        Returns:
+            the start frame as a one-frame :class:`ChunkOutput` (the input images and their
+            predicted depth).
+        """
+        if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 [S, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+        s, height, width = images.shape[:3]
+        self._check_pose("cam_to_world", cam_to_world, (s, 4, 4))
+        self._check_pose("intrinsics", intrinsics, (3, 3))
+        h, w = self._latent_grid(height, width)
+        intrinsics = intrinsics.to(self.device, torch.float32)
+        if scenes is None:
+            index = torch.arange(s, device=self.device)
+        else:
+            if self._context is None:
+                raise ValueError("scenes can only be given after a first start() of all scenes")
+            index = torch.as_tensor(scenes, dtype=torch.long, device=self.device).reshape(-1)
+            if index.numel() != s or index.unique().numel() != s:
+                raise ValueError(f"scenes must list {s} distinct indices (one per image), got {index.tolist()}")
+            if (index < 0).any() or (index >= self.batch_size).any():
+                raise ValueError(f"scenes must be in [0, {self.batch_size}), got {index.tolist()}")
+            if (height, width) != self._image_size:
+                raise ValueError(f"images must be {self._image_size}, the size of the running scenes, got "
+                                 f"{(height, width)}")
+            if not torch.equal(intrinsics, self._intrinsics):
+                raise ValueError("intrinsics must equal those of the running scenes")
+        cam_to_world = cam_to_world.to(self.device, torch.float32)
+        timer = _Timer(self.device)
+
+        latents = self._encode_images(images[:, None])  # [S, C, 1, h, w]
+        timer.lap("encode")
+        token_depth, pixel_depth = self._depth(latents)
+        timer.lap("depth")
+        rgb = images[:, None].to(self.device)
+        keep = self.token_filter(rgb, pixel_depth, cam_to_world[:, None], intrinsics, latent_size=(h, w))
+        timer.lap("filter")
+
+        # Everything is validated and computed: only now mutate the state.
+        if scenes is None:
+            self._reset_state()
+            self._intrinsics = intrinsics
+            self._image_size = (height, width)
+            self._store = self._new_store(s)
+            k = self.context_frames
+            self._context = latents.repeat(1, 1, k, 1, 1)
+            self._context_poses = cam_to_world[:, None].repeat(1, k, 1, 1)
+        else:
+            if self._store is not None:
+                for scene in index.tolist():
+                    self._store.clear(scene=scene)
+            self._context[index] = latents.expand(-1, -1, self.context_frames, -1, -1)
+            self._context_poses[index] = cam_to_world[:, None].expand(-1, self.context_frames, -1, -1)
+        self._write(latents, token_depth, rgb, pixel_depth, cam_to_world[:, None], keep, index)
+        timer.lap("write")
+        return ChunkOutput(
+            rgb=rgb,
+            depth=pixel_depth,
+            latents=latents,
+            cache_mask=torch.zeros(s, 1, h, w, dtype=torch.bool, device=self.device),
+            timings=timer.timings,
+        )
+
+    def _write(
+        self,
+        latents: Tensor,
+        token_depth: Tensor,
+        rgb: Tensor,
+        pixel_depth: Tensor,
+        cam_to_world: Tensor,
+        keep: Tensor,
+        index: Tensor,
+    ) -> None:
+        """Write a chunk of scenes ``index`` to the memory (latent frames for the cache, pixel frames for points)."""
+        if self._store is None:
+            return
+        f = self.vae.temporal_factor
+        if self.memory == "latent":
+            t = latents.shape[2]
+            k_latent = scale_intrinsics(self._intrinsics, 1.0 / self.vae.spatial_factor)
+            self._store.write(
+                latents.transpose(1, 2).flatten(0, 1),
+                token_depth.flatten(0, 1),
+                cam_to_world[:, ::f].flatten(0, 1),
+                k_latent,
+                keep=keep[:, ::f].flatten(0, 1),
+                scene=index.repeat_interleave(t),
+            )
+        else:
+            n = rgb.shape[1]
+            self._store.write(
+                rgb.flatten(0, 1),
+                pixel_depth.flatten(0, 1),
+                cam_to_world.flatten(0, 1),
+                self._intrinsics,
+                keep=self._keep_at_pixels(keep).flatten(0, 1),
+                scene=index.repeat_interleave(n),
+            )
+
+    def _read(self, cam_to_world: Tensor, h: int, w: int, timer: _Timer) -> tuple[Tensor, Tensor]:
+        """Cache latents ``[B, C, t, h, w]`` and mask ``[B, t, h, w]`` for the chunk's pixel poses ``[B, T, 4, 4]``."""
+        b, n = cam_to_world.shape[:2]
+        f, sf = self.vae.temporal_factor, self.vae.spatial_factor
+        poses = cam_to_world[:, ::f]
+        t = poses.shape[1]
+        if self.memory == "none":
+            latents = torch.zeros(b, self.latent_channels, t, h, w, device=self.device)
+            mask = torch.zeros(b, t, h, w, dtype=torch.bool, device=self.device)
+            timer.lap("cache_read")
+            return latents, mask
+        if self.memory == "latent":
+            k_latent = scale_intrinsics(self._intrinsics, 1.0 / sf)
+            scene = torch.arange(b, device=self.device).repeat_interleave(t)
+            latents, mask = self._store.read(poses.flatten(0, 1), k_latent, height=h, width=w, scene=scene)
+            timer.lap("cache_read")
+            return latents.unflatten(0, (b, t)).transpose(1, 2), mask.unflatten(0, (b, t))
+        # Pixel memory: render every frame at full resolution and re-encode it, as Gen3C/VMem/Spatia do.
+        height, width = self._image_size
+        scene = torch.arange(b, device=self.device).repeat_interleave(n)
+        rgb, pixel_mask = self._store.read(
+            cam_to_world.flatten(0, 1), self._intrinsics, height=height, width=width, scene=scene
+        )
+        timer.lap("render")
+        latents = self._encode_images(rgb.unflatten(0, (b, n)))
+        coverage = pool_fraction(pixel_mask.unflatten(0, (b, n))[:, ::f], (h, w))
+        timer.lap("encode")
+        return latents, coverage >= 0.5
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
+        if isinstance(generator, Sequence):
+            generator = list(generator)
+            if len(generator) != shape[0]:
+                raise ValueError(f"give one generator per scene ({shape[0]}), got {len(generator)}")
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    def _prompt(self, batch: int) -> Tensor:
+        if self.prompt_embeds.shape[0] not in (1, batch):
+            raise ValueError(f"prompt_embeds has batch {self.prompt_embeds.shape[0]}, expected 1 or {batch}")
+        return self.prompt_embeds.expand(batch, -1, -1)
+
+    @torch.no_grad()
+    def step(
+        self,
+        cam_to_world: Tensor,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ) -> ChunkOutput:
+        """Generate the next chunk of every scene.
+
+        Args:
+            cam_to_world: ``[B, T, 4, 4]`` the chunk's poses (``T = 1 + 4(t-1)`` with a Wan VAE).
+            generator: one generator for the whole batch, or one per scene (then scene ``b``'s
+                result does not depend on the other scenes).
+        """
+        if self._context is None:
+            raise RuntimeError("call start() before step()")
+        b = self.batch_size
+        if cam_to_world.dim() != 4 or cam_to_world.shape[0] != b or cam_to_world.shape[2:] != (4, 4):
+            raise ValueError(f"cam_to_world must be [{b}, T, 4, 4], got {tuple(cam_to_world.shape)}")
+        self._check_pose("cam_to_world", cam_to_world, tuple(cam_to_world.shape))
+        n = cam_to_world.shape[1]
+        t = self.vae.num_latent_frames(n)
+        height, width = self._image_size
+        h, w = height // self.vae.spatial_factor, width // self.vae.spatial_factor
+        cam_to_world = cam_to_world.to(self.device, torch.float32)
+        f, k = self.vae.temporal_factor, self.context_frames
+        noise = self._noise((b, self.latent_channels, t, h, w), generator)
+        prompt = self._prompt(b)
+        timer = _Timer(self.device)
+
+        cache, mask = self._read(cam_to_world, h, w, timer)
+        poses = cam_to_world[:, ::f]
+        all_poses = torch.cat([self._context_poses, poses], dim=1)
+        k_latent = scale_intrinsics(self._intrinsics, 1.0 / self.vae.spatial_factor)
+        _, conditioning = chunk_inputs(self._context, noise, cache, mask, all_poses, k_latent)
+
+        self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
+        latents = noise
+        for timestep in self.scheduler.timesteps:
+            frame_t = torch.cat([torch.zeros(b, k, device=self.device), timestep.expand(b, t).float()], dim=1)
+            inputs = torch.cat([self._context, latents], dim=2)
+            flow = predict_flow(self._denoiser(timestep), inputs, conditioning, frame_t, prompt)
+            latents = self.scheduler.step(flow[:, :, k:], timestep, latents, return_dict=False)[0]
+        timer.lap("denoise")
+
+        frames = self.vae.decode(latents)
+        if frames.shape[1] != n:
+            raise RuntimeError(f"the VAE decoded {frames.shape[1]} frames for a chunk of {n}")
+        rgb = self._to_uint8(frames)
+        token_depth, latent_pixel_depth = self._depth(latents)
+        # Pixel frame j belongs to latent frame ceil(j / f) (frame 0 alone, then groups of f).
+        owner = (torch.arange(n, device=self.device) + f - 1) // f
+        pixel_depth = latent_pixel_depth[:, owner]
+        timer.lap("decode")
+        keep = self.token_filter(rgb, pixel_depth, cam_to_world, self._intrinsics, latent_size=(h, w))
+        timer.lap("filter")
+        self._write(latents, token_depth, rgb, pixel_depth, cam_to_world, keep, torch.arange(b, device=self.device))
+        timer.lap("write")
+
+        self._context = torch.cat([self._context, latents], dim=2)[:, :, -k:].contiguous()
+        self._context_poses = all_poses[:, -k:].contiguous()
+        return ChunkOutput(rgb=rgb, depth=pixel_depth, latents=latents, cache_mask=mask, timings=timer.timings)

@@ -45,6 +45,7 @@ from mirage_gym.training.loop import (
     make_optimizer,
     resolve_device,
     save_checkpoint,
+    stage_settings,
 )
 
 __all__ = ["ChunkBatch", "make_chunk_batch", "flow_matching_loss", "train_generator", "load_stage1"]
@@ -173,11 +174,7 @@ def train_generator(
     progress: bool = True,
 ) -> dict[str, float]:
     """Train stage 2 into ``out`` and export the whole generator to ``out/model``; returns the last statistics."""
-    hp = config["train_generator"]
-    steps = steps or hp["steps"]
-    batch_size = batch_size or hp["batch_size"]
-    seed = hp["seed"] if seed is None else seed
-    torch.manual_seed(seed)
+    hp, steps, batch_size, seed = stage_settings(config, "train_generator", steps, batch_size, seed)
     vae, head = load_stage1(stage1, device)
     clip_frames, chunk, k = hp["clip_frames"], config["chunk"], config["context_frames"]
     data = config.get("data", {})

@@ -19,7 +19,15 @@ import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import nn
 
-__all__ = ["TrainState", "add_common_arguments", "resolve_device", "make_optimizer", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "TrainState",
+    "add_common_arguments",
+    "stage_settings",
+    "resolve_device",
+    "make_optimizer",
+    "save_checkpoint",
+    "load_checkpoint",
+]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -36,6 +44,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
         "--resume", action=argparse.BooleanOptionalAction, default=True,
         help="continue from OUT/checkpoint.pt when it exists (default: on)",
     )
+
+
+def stage_settings(
+    config: dict, stage: str, steps: int | None, batch_size: int | None, seed: int | None
+) -> tuple[dict, int, int, int]:
+    """A stage's hyperparameters with the command-line overrides applied; seeds torch."""
+    hp = config[stage]
+    seed = hp["seed"] if seed is None else seed
+    torch.manual_seed(seed)
+    return hp, steps or hp["steps"], batch_size or hp["batch_size"], seed
 
 
 def resolve_device(name: str) -> torch.device:

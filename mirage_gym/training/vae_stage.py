@@ -38,6 +38,7 @@ from mirage_gym.training.loop import (
     make_optimizer,
     resolve_device,
     save_checkpoint,
+    stage_settings,
 )
 
 __all__ = ["build_autoencoder", "build_depth_head", "train_vae"]
@@ -108,11 +109,7 @@ def train_vae(
     progress: bool = True,
 ) -> dict[str, float]:
     """Train stage 1 into ``out``; returns the last logged statistics."""
-    hp = config["train_vae"]
-    steps = steps or hp["steps"]
-    batch_size = batch_size or hp["batch_size"]
-    seed = hp["seed"] if seed is None else seed
-    torch.manual_seed(seed)
+    hp, steps, batch_size, seed = stage_settings(config, "train_vae", steps, batch_size, seed)
     autoencoder = build_autoencoder(config).to(device)
     head = build_depth_head(config, autoencoder).to(device)
     modules = {"autoencoder": autoencoder, "depth_head": head}

@@ -29,16 +29,28 @@ C = 4
 
 def tiny_wan(in_channels: int = C, out_channels: int = C, num_layers: int = 2) -> WanTransformer3DModel:
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=in_channels,
-        out_channels=out_channels, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=num_layers,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        text_dim=16,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=num_layers,
     ).eval()
 
 
 def tiny_vae() -> VideoVAE:
-    return VideoVAE(AutoencoderTiny(
-        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=C,
-    )).eval()
+    return VideoVAE(
+        AutoencoderTiny(
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=C,
+        )
+    ).eval()
 
 
 def trained_like(transformer: WanTransformer3DModel, seed: int = 1) -> WanTransformer3DModel:
@@ -46,19 +58,21 @@ def trained_like(transformer: WanTransformer3DModel, seed: int = 1) -> WanTransf
     g = torch.Generator().manual_seed(seed)
     emb = transformer.patch_embedding
     with torch.no_grad():
-        extra = emb.weight[:, emb.base_channels:]
+        extra = emb.weight[:, emb.base_channels :]
         extra.copy_(torch.randn(extra.shape, generator=g) * 0.3)
     return transformer
 
 
 def make_generator(memory: str = "latent", seed: int = 0, **kwargs) -> MirageGenerator:
     torch.manual_seed(seed)
-    transformer = trained_like(build_transformer(C, num_layers=2, num_attention_heads=2, attention_head_dim=8,
-                                                 text_dim=16, freq_dim=16))
+    transformer = trained_like(
+        build_transformer(C, num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=16, freq_dim=16)
+    )
     head = DepthHead(latent_channels=C, spatial_factor=8, hidden_channels=8, num_blocks=1)
     kwargs.setdefault("num_inference_steps", 2)
-    return MirageGenerator(transformer, tiny_vae(), head, FlowMatchEulerDiscreteScheduler(shift=3.0),
-                           memory=memory, **kwargs).eval()
+    return MirageGenerator(
+        transformer, tiny_vae(), head, FlowMatchEulerDiscreteScheduler(shift=3.0), memory=memory, **kwargs
+    ).eval()
 
 
 def scene_inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,8 +126,13 @@ def test_widening_rejects_unsupported_transformers() -> None:
     with pytest.raises(ValueError, match="in_channels == out_channels"):
         widen_patch_embedding(tiny_wan(in_channels=36, out_channels=16))  # an I2V-style input
     with pytest.raises(ValueError, match="not widened"):
-        predict_flow(tiny_wan(), torch.zeros(1, C, 1, 4, 4), torch.zeros(1, C + 7, 1, 4, 4),
-                     torch.zeros(1, 1), torch.zeros(1, 1, 16))
+        predict_flow(
+            tiny_wan(),
+            torch.zeros(1, C, 1, 4, 4),
+            torch.zeros(1, C + 7, 1, 4, 4),
+            torch.zeros(1, 1),
+            torch.zeros(1, 1, 16),
+        )
 
 
 def test_restore_widened_patch_embedding_checks_channels() -> None:
@@ -184,8 +203,10 @@ def test_batch_equals_single_runs() -> None:
     images, poses, k = scene_inputs(3)
     gen = make_generator()
     gen.start(images, poses, k)
-    batch = [gen.step(chunk_poses(poses, 3), seeds(10, 11, 12)),
-             gen.step(chunk_poses(poses, 3, step=0.1), seeds(20, 21, 22))]
+    batch = [
+        gen.step(chunk_poses(poses, 3), seeds(10, 11, 12)),
+        gen.step(chunk_poses(poses, 3, step=0.1), seeds(20, 21, 22)),
+    ]
     for b in range(3):
         single = make_generator()
         single.start(images[b : b + 1], poses[b : b + 1], k)
@@ -219,7 +240,7 @@ def test_memory_modes_switch() -> None:
         sizes[memory] = gen.memory_bytes()
         if memory == "pixel":
             gen.step(poses[:, None].repeat(1, 2, 1, 1), seeds(2, 3))
-            assert all(after > before for after, before in zip(gen.memory_bytes(), sizes[memory]))
+            assert all(after > before for after, before in zip(gen.memory_bytes(), sizes[memory], strict=True))
     assert outputs["latent"].cache_mask.all()
     assert outputs["pixel"].cache_mask.float().mean() > 0.5
     assert not outputs["none"].cache_mask.any() and sizes["none"] == [0, 0]
@@ -289,8 +310,15 @@ def test_constructor_validates_components() -> None:
 def test_moe_switches_expert_at_the_boundary() -> None:
     gen = make_generator(num_inference_steps=4)
     expert_2 = trained_like(copy.deepcopy(gen.transformer), seed=7)
-    moe = MirageGenerator(gen.transformer, gen.vae, gen.depth_head, gen.scheduler, transformer_2=expert_2,
-                          boundary_ratio=0.5, num_inference_steps=4)
+    moe = MirageGenerator(
+        gen.transformer,
+        gen.vae,
+        gen.depth_head,
+        gen.scheduler,
+        transformer_2=expert_2,
+        boundary_ratio=0.5,
+        num_inference_steps=4,
+    )
     calls = {"high": 0, "low": 0}
     moe.transformer.register_forward_hook(lambda *_: calls.__setitem__("high", calls["high"] + 1))
     expert_2.register_forward_hook(lambda *_: calls.__setitem__("low", calls["low"] + 1))
@@ -305,11 +333,13 @@ def test_moe_switches_expert_at_the_boundary() -> None:
 def test_temporal_vae_chunks() -> None:
     torch.manual_seed(0)
     z = 8
-    wan_vae = AutoencoderKLWan(base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    wan_vae = AutoencoderKLWan(
+        base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * z, latents_std=[1.0] * z
+    )
     vae = VideoVAE(wan_vae).eval()
-    transformer = build_transformer(z, num_layers=1, num_attention_heads=2, attention_head_dim=8, text_dim=16,
-                                    freq_dim=16)
+    transformer = build_transformer(
+        z, num_layers=1, num_attention_heads=2, attention_head_dim=8, text_dim=16, freq_dim=16
+    )
     head = DepthHead(latent_channels=z, spatial_factor=8, hidden_channels=8, num_blocks=1)
     gen = MirageGenerator(transformer, vae, head, FlowMatchEulerDiscreteScheduler(), num_inference_steps=1).eval()
     assert gen.chunk_frames(2) == 5

@@ -27,8 +27,15 @@ from mirage_gym.model.vae import VideoVAE
 def tiny_transformer(channels: int, num_layers: int = 2, seed: int = 0) -> WanTransformer3DModel:
     torch.manual_seed(seed)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=channels,
-        out_channels=channels, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=num_layers,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=channels,
+        out_channels=channels,
+        text_dim=16,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=num_layers,
     )
 
 
@@ -37,15 +44,30 @@ def wan_folder(path: Path, *, a14b: bool, num_layers: int = 2, vae_z: int | None
     torch.manual_seed(0)
     if a14b:  # Wan2.1 VAE layout, two experts with the MoE boundary
         z = vae_z or 16
-        vae = AutoencoderKLWan(base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               latents_mean=[0.0] * z, latents_std=[1.0] * z)
-        experts = dict(transformer=tiny_transformer(16, num_layers), transformer_2=tiny_transformer(16, num_layers, 1),
-                       boundary_ratio=0.875)
+        vae = AutoencoderKLWan(
+            base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * z, latents_std=[1.0] * z
+        )
+        experts = dict(
+            transformer=tiny_transformer(16, num_layers),
+            transformer_2=tiny_transformer(16, num_layers, 1),
+            boundary_ratio=0.875,
+        )
     else:  # Wan2.2 VAE layout: z=48, patchified 2x, 16x spatial; expand_timesteps
         z = vae_z or 48
-        vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-                               scale_factor_spatial=16, latents_mean=[0.0] * z, latents_std=[1.0] * z)
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            decoder_base_dim=8,
+            z_dim=z,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_spatial=16,
+            latents_mean=[0.0] * z,
+            latents_std=[1.0] * z,
+        )
         experts = dict(transformer=tiny_transformer(48, num_layers), expand_timesteps=True)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, **experts).save_pretrained(path)
@@ -112,8 +134,9 @@ def test_5b_folder_loads_widened_and_unchanged(wan_5b: Path) -> None:
     frame_t = torch.tensor([[0.0, 600.0]])
     with torch.no_grad():
         expected = original(latents, token_timesteps(original, frame_t, 4, 4), torch.zeros(1, 1, 16)).sample
-        got = predict_flow(gen.transformer, latents, torch.randn(1, 48 + 7, 2, 4, 4, generator=g), frame_t,
-                           torch.zeros(1, 1, 16))
+        got = predict_flow(
+            gen.transformer, latents, torch.randn(1, 48 + 7, 2, 4, 4, generator=g), frame_t, torch.zeros(1, 1, 16)
+        )
     assert torch.equal(got, expected)
     latents = run_chunk(gen, 64)
     assert latents.shape == (1, 48, 2, 4, 4) and torch.isfinite(latents).all()
@@ -182,11 +205,13 @@ def test_lora_save_load_gives_identical_outputs(tmp_path: Path, wan_5b: Path, wa
             assert torch.equal(flow(mine, channels), flow(theirs, channels))
     assert torch.equal(run_chunk(gen, size), run_chunk(loaded, size))
     # The folder alone finds its base through mirage_config.json.
-    assert torch.equal(run_chunk(MirageGenerator.from_pretrained(out, num_inference_steps=2), size),
-                       run_chunk(loaded, size))
+    assert torch.equal(
+        run_chunk(MirageGenerator.from_pretrained(out, num_inference_steps=2), size), run_chunk(loaded, size)
+    )
     # The LoRA file is in diffusers' format: the stock Wan pipeline loads it too.
-    pipe = WanPipeline.from_pretrained(base, text_encoder=None, tokenizer=None,
-                                       **({} if a14b else {"transformer_2": None}))
+    pipe = WanPipeline.from_pretrained(
+        base, text_encoder=None, tokenizer=None, **({} if a14b else {"transformer_2": None})
+    )
     pipe.load_lora_weights(out, weight_name=LORA_WEIGHTS)
     assert pipe.transformer.peft_config
 
@@ -200,9 +225,12 @@ def test_lora_for_another_base_is_rejected(tmp_path: Path, wan_5b: Path, wan_a14
         MirageGenerator.from_pretrained(other, lora=lora)
     with pytest.raises(ValueError, match="without transformer_2"):
         MirageGenerator.from_pretrained(wan_a14b, lora=lora)
-    # A corrupt LoRA file is named.
+    # A corrupt or missing LoRA file is named.
     (lora / LORA_WEIGHTS).write_bytes((lora / LORA_WEIGHTS).read_bytes()[:100])
-    with pytest.raises(ValueError, match=LORA_WEIGHTS):
+    with pytest.raises(ValueError, match=f"{LORA_WEIGHTS} is not a valid safetensors file"):
+        MirageGenerator.from_pretrained(wan_5b, lora=lora)
+    (lora / LORA_WEIGHTS).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{LORA_WEIGHTS} is missing"):
         MirageGenerator.from_pretrained(wan_5b, lora=lora)
 
 
@@ -211,15 +239,30 @@ def test_lora_for_another_base_is_rejected(tmp_path: Path, wan_5b: Path, wan_a14
 
 def test_full_model_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    vae = VideoVAE(AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-                                   num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4, latent_channels=4))
-    transformer = build_transformer(4, num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=16,
-                                    freq_dim=16)
+    vae = VideoVAE(
+        AutoencoderTiny(
+            encoder_block_out_channels=(8,) * 4,
+            decoder_block_out_channels=(8,) * 4,
+            num_encoder_blocks=(1,) * 4,
+            num_decoder_blocks=(1,) * 4,
+            latent_channels=4,
+        )
+    )
+    transformer = build_transformer(
+        4, num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=16, freq_dim=16
+    )
     with torch.no_grad():
         transformer.patch_embedding.weight[:, 4:].normal_()
     head = DepthHead(latent_channels=4, spatial_factor=8, hidden_channels=8, num_blocks=1)
-    gen = MirageGenerator(transformer, vae, head, FlowMatchEulerDiscreteScheduler(shift=2.0), memory="none",
-                          num_inference_steps=3, shift=4.0).eval()
+    gen = MirageGenerator(
+        transformer,
+        vae,
+        head,
+        FlowMatchEulerDiscreteScheduler(shift=2.0),
+        memory="none",
+        num_inference_steps=3,
+        shift=4.0,
+    ).eval()
     folder = gen.save_pretrained(tmp_path / "tiny")
     config = json.loads((folder / MIRAGE_CONFIG).read_text())
     assert config["format"] == "mirage" and config["vae_class"] == "AutoencoderTiny"
@@ -256,7 +299,8 @@ def test_missing_and_corrupt_weights_are_named(tmp_path: Path) -> None:
 
 def test_wrong_channel_counts_are_named(tmp_path: Path) -> None:
     folder = wan_folder(tmp_path / "wan", a14b=False, vae_z=16)  # a 48-channel transformer over a z=16 VAE
-    with pytest.raises(ValueError, match=r"transformer/config\.json: .*48-channel latents but the VAE has z=16 \(.*vae/config\.json\)"):
+    message = r"transformer/config\.json: .*48-channel latents but the VAE has z=16 \(.*vae/config\.json\)"
+    with pytest.raises(ValueError, match=message):
         MirageGenerator.from_pretrained(folder)
     # A Mirage folder whose transformer does not follow the widened layout.
     good = wan_folder(tmp_path / "wan_ok", a14b=False)

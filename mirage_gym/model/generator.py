@@ -192,8 +192,9 @@ class MirageGenerator(nn.Module):
             if prompt_embeds.dim() == 2:
                 prompt_embeds = prompt_embeds[None]
             if prompt_embeds.dim() != 3 or prompt_embeds.shape[-1] != text_dim:
-                raise ValueError(f"prompt_embeds must be [L, {text_dim}] or [B, L, {text_dim}], got "
-                                 f"{tuple(prompt_embeds.shape)}")
+                raise ValueError(
+                    f"prompt_embeds must be [L, {text_dim}] or [B, L, {text_dim}], got {tuple(prompt_embeds.shape)}"
+                )
         else:
             prompt_embeds = torch.zeros(1, 1, text_dim)  # the fixed empty prompt
 
@@ -410,8 +411,9 @@ class MirageGenerator(nn.Module):
             if (index < 0).any() or (index >= self.batch_size).any():
                 raise ValueError(f"scenes must be in [0, {self.batch_size}), got {index.tolist()}")
             if (height, width) != self._image_size:
-                raise ValueError(f"images must be {self._image_size}, the size of the running scenes, got "
-                                 f"{(height, width)}")
+                raise ValueError(
+                    f"images must be {self._image_size}, the size of the running scenes, got {(height, width)}"
+                )
             if not torch.equal(intrinsics, self._intrinsics):
                 raise ValueError("intrinsics must equal those of the running scenes")
         cam_to_world = cam_to_world.to(self.device, torch.float32)

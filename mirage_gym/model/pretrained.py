@@ -75,8 +75,17 @@ ADAPTER = "mirage"
 # Generator keyword arguments recorded in mirage_config.json, so a folder reproduces its sampler.
 GENERATOR_SETTINGS = ("memory", "num_inference_steps", "voxel_size", "cache_capacity", "context_frames")
 # Transformer config entries that a LoRA and a widened input layer depend on.
-BASE_SIGNATURE = ("num_layers", "num_attention_heads", "attention_head_dim", "ffn_dim", "out_channels",
-                  "text_dim", "patch_size", "added_kv_proj_dim", "image_dim")
+BASE_SIGNATURE = (
+    "num_layers",
+    "num_attention_heads",
+    "attention_head_dim",
+    "ffn_dim",
+    "out_channels",
+    "text_dim",
+    "patch_size",
+    "added_kv_proj_dim",
+    "image_dim",
+)
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 FFN_TARGETS = ("ffn.net.0.proj", "ffn.net.2")
 
@@ -163,7 +172,7 @@ def _load_vae(folder: Path, class_name: str | None, source: Path) -> VideoVAE:
 
 def _signature(transformer: WanTransformer3DModel) -> dict[str, Any]:
     config = transformer.config
-    return {key: (list(config[key]) if isinstance(config[key], (tuple, list)) else config[key]) for key in BASE_SIGNATURE}
+    return {key: list(config[key]) if isinstance(config[key], (tuple, list)) else config[key] for key in BASE_SIGNATURE}
 
 
 def _check_channels(transformer: WanTransformer3DModel, vae: VideoVAE, source: Path) -> None:
@@ -194,8 +203,9 @@ def add_lora(
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     targets = list(ATTENTION_TARGETS) + (list(FFN_TARGETS) if ffn else [])
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, lora_dropout=dropout, target_modules=targets,
-                        init_lora_weights=True)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha or rank, lora_dropout=dropout, target_modules=targets, init_lora_weights=True
+    )
     transformer.add_adapter(config, adapter_name=ADAPTER)
     transformer.patch_embedding.requires_grad_(True)
     return config
@@ -208,12 +218,11 @@ def _has_lora(transformer: WanTransformer3DModel) -> bool:
 def _load_lora(transformer: WanTransformer3DModel, file: Path, base_signature: dict[str, Any]) -> None:
     _check_safetensors(file)
     try:
-        transformer.load_lora_adapter(str(file.parent), weight_name=file.name, prefix="transformer",
-                                      adapter_name=ADAPTER)
+        transformer.load_lora_adapter(
+            str(file.parent), weight_name=file.name, prefix="transformer", adapter_name=ADAPTER
+        )
     except Exception as err:  # peft/diffusers raise various errors for shape or key mismatches
-        raise ValueError(
-            f"{file} does not fit this transformer (base {base_signature}): {err}"
-        ) from err
+        raise ValueError(f"{file} does not fit this transformer (base {base_signature}): {err}") from err
 
 
 # ---------------------------------------------------------------------- load
@@ -253,8 +262,9 @@ def load_components(
                 raise ValueError(f"{folder / MIRAGE_CONFIG} records no base_model; pass the base folder explicitly")
             return load_components(base, lora=folder, torch_dtype=torch_dtype, device=device)
         if fmt != FORMAT_FULL:
-            raise ValueError(f"{folder / MIRAGE_CONFIG}: unknown format {fmt!r} (expected {FORMAT_FULL!r} or "
-                             f"{FORMAT_LORA!r})")
+            raise ValueError(
+                f"{folder / MIRAGE_CONFIG}: unknown format {fmt!r} (expected {FORMAT_FULL!r} or {FORMAT_LORA!r})"
+            )
         components = _load_mirage_full(folder, config, torch_dtype)
     elif (folder / "model_index.json").is_file():
         components = _load_wan(folder, torch_dtype)
@@ -335,8 +345,10 @@ def _load_wan(folder: Path, torch_dtype: torch.dtype) -> LoadedComponents:
             _check_channels(model, vae, folder / name / "config.json")
         except ValueError as err:
             raise ValueError(f"{err} ({folder / 'vae' / 'config.json'})") from err
-    logger.info("loaded Wan2.2 base %s; the widened channels and the depth head are untrained until a LoRA "
-                "folder is applied", folder)
+    logger.info(
+        "loaded Wan2.2 base %s; the widened channels and the depth head are untrained until a LoRA folder is applied",
+        folder,
+    )
     depth_head = DepthHead(latent_channels=vae.latent_channels, spatial_factor=vae.spatial_factor)
     return LoadedComponents(
         transformer=transformers["transformer"],
@@ -387,16 +399,18 @@ def _apply_lora_folder(components: LoadedComponents, folder: Path) -> None:
                 raise ValueError(f"{patch_file}: {key} has shape {tuple(tensors[key].shape)}, expected {expected}")
     depth_head = _load_model(DepthHead, folder / "depth_head", torch_dtype=torch.float32)
     if (depth_head.config.latent_channels, depth_head.config.spatial_factor) != (
-        components.vae.latent_channels, components.vae.spatial_factor
+        components.vae.latent_channels,
+        components.vae.spatial_factor,
     ):
         raise ValueError(
             f"{folder / 'depth_head' / 'config.json'}: depth head for {depth_head.config.latent_channels} channels "
             f"x{depth_head.config.spatial_factor}, the VAE has {components.vae.latent_channels} "
             f"x{components.vae.spatial_factor}"
         )
-    for name, file in (("transformer", LORA_WEIGHTS), ("transformer_2", LORA_WEIGHTS_2)):
-        if experts[name] is not None and (folder / file).exists():
-            _load_lora(experts[name], folder / file, recorded[name])
+    for name, file in config.get("lora_weights", {}).items():
+        if experts.get(name) is None:
+            raise ValueError(f"{folder / MIRAGE_CONFIG} lists a LoRA for {name!r}, which this base does not have")
+        _load_lora(experts[name], folder / file, recorded[name])  # a listed file that is missing is an error
     with torch.no_grad():
         for name, model in experts.items():
             if model is not None:
@@ -427,14 +441,19 @@ def encode_prompt(
         if not (isinstance(entry, (list, tuple)) and entry[0] is not None) or not (folder / name).is_dir():
             raise ValueError(f"{folder} has no {name}: pass prompt_embeds instead of a prompt")
     try:
-        pipe = WanPipeline.from_pretrained(str(folder), transformer=None, transformer_2=None, vae=None,
-                                           dtype=torch_dtype or torch.float32)
+        pipe = WanPipeline.from_pretrained(
+            str(folder), transformer=None, transformer_2=None, vae=None, dtype=torch_dtype or torch.float32
+        )
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"could not load the text encoder of {folder}: {err}") from err
     pipe.text_encoder.to(device or "cpu")
     with torch.no_grad():
-        embeds, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False,
-                                       max_sequence_length=max_sequence_length, device=torch.device(device or "cpu"))
+        embeds, _ = pipe.encode_prompt(
+            prompt,
+            do_classifier_free_guidance=False,
+            max_sequence_length=max_sequence_length,
+            device=torch.device(device or "cpu"),
+        )
     return embeds.float()
 
 
@@ -466,8 +485,10 @@ def save_components(
     if base_model_path is None:
         for name, model in experts.items():
             if model is not None and _has_lora(model):
-                raise ValueError(f"{name} carries a LoRA but has no Wan2.2 base folder to save it against; "
-                                 "fuse it (transformer.fuse_lora()) before saving a full model")
+                raise ValueError(
+                    f"{name} carries a LoRA but has no Wan2.2 base folder to save it against; "
+                    "fuse it (transformer.fuse_lora()) before saving a full model"
+                )
         for name, model in experts.items():
             if model is not None:
                 model.save_pretrained(folder / name, safe_serialization=True)
@@ -476,23 +497,26 @@ def save_components(
         config.update(format=FORMAT_FULL, vae_class=type(vae.vae).__name__, boundary_ratio=boundary_ratio)
     else:
         patch: dict[str, torch.Tensor] = {}
+        lora_weights: dict[str, str] = {}
         for name, model in experts.items():
             if model is None:
                 continue
             patch[f"{name}.patch_embedding.weight"] = model.patch_embedding.weight.detach().float().cpu().contiguous()
             patch[f"{name}.patch_embedding.bias"] = model.patch_embedding.bias.detach().float().cpu().contiguous()
             if _has_lora(model):
+                lora_weights[name] = LORA_WEIGHTS if name == "transformer" else LORA_WEIGHTS_2
                 WanLoraLoaderMixin.save_lora_weights(
                     folder,
                     transformer_lora_layers=get_peft_model_state_dict(model, adapter_name=ADAPTER),
                     transformer_lora_adapter_metadata=model.peft_config[ADAPTER].to_dict(),
-                    weight_name=LORA_WEIGHTS if name == "transformer" else LORA_WEIGHTS_2,
+                    weight_name=lora_weights[name],
                 )
         safetensors.torch.save_file(patch, str(folder / PATCH_EMBEDDING))
         config.update(
             format=FORMAT_LORA,
             base_model=str(base_model_path),
             base_transformer={name: _signature(m) for name, m in experts.items() if m is not None},
+            lora_weights=lora_weights,
         )
     depth_head.save_pretrained(folder / "depth_head", safe_serialization=True)
     (folder / MIRAGE_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

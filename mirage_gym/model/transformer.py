@@ -332,9 +332,7 @@ def predict_flow(
     if c != layout.latent_channels:
         raise ValueError(f"latents must have {layout.latent_channels} channels, got {c}")
     if conditioning.shape != (b, layout.extra_channels, t, h, w):
-        raise ValueError(
-            f"conditioning must be {(b, layout.extra_channels, t, h, w)}, got {tuple(conditioning.shape)}"
-        )
+        raise ValueError(f"conditioning must be {(b, layout.extra_channels, t, h, w)}, got {tuple(conditioning.shape)}")
     if frame_timesteps.shape != (b, t):
         raise ValueError(f"frame_timesteps must be [B, t] = {(b, t)}, got {tuple(frame_timesteps.shape)}")
     dtype = transformer.dtype

@@ -1,0 +1,182 @@
+"""Natively batched vector environments: one generator call steps every sub-environment.
+
+``gymnasium.make_vec("MirageRoom-v0", num_envs=8, vectorization_mode="vector_entry_point")``
+gives a :class:`MirageRoomVectorEnv`. Unlike ``SyncVectorEnv`` over ``N`` single envs (``N``
+generators, ``N`` small forwards), it holds one generator with a batch of ``N`` scenes, so
+each denoising step is one transformer forward for all sub-envs.
+
+Autoreset: ``AutoresetMode.SAME_STEP``. A sub-env that terminates or is truncated is reset
+within the same ``step``: the returned observation is the first of its new episode, and
+``info["final_obs"]`` / ``info["final_info"]`` (with their ``_final_obs`` masks) hold the last
+observation and info of the episode that ended. This is what stable-baselines3 expects, and
+no step is wasted on a reset-only transition.
+
+Seeding: ``reset(seed=s)`` seeds sub-env ``i`` with ``s + i`` (or ``seed=[s0, s1, ...]``);
+each sub-env has its own ``np_random`` stream for rooms, start poses, goals and generation
+noise, so sub-env ``i`` behaves as a single env reset with the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from mirage_gym.envs.actions import to_motion
+from mirage_gym.envs.simulator import RENDER_LAYOUTS, MirageSimulator
+from mirage_gym.envs.tasks import ExplorationTask, PointNavTask, Task
+
+__all__ = ["MirageRoomVectorEnv", "MirageRoomNavVectorEnv"]
+
+
+class _MirageVectorEnv(VectorEnv):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4, "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self, num_envs: int, task: Task, render_mode: str | None, render_layout: str, max_episode_steps: int | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        if render_layout not in RENDER_LAYOUTS:
+            raise ValueError(f"render_layout must be one of {RENDER_LAYOUTS}, got {render_layout!r}")
+        if max_episode_steps is not None and int(max_episode_steps) < 1:
+            raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
+        self.simulator = MirageSimulator(num_envs, task, **kwargs)
+        self.num_envs = self.simulator.num_envs
+        self.render_mode = render_mode
+        self.render_layout = render_layout
+        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        self.single_observation_space = self.simulator.observation_space
+        self.single_action_space = self.simulator.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._rngs: list[np.random.Generator] | None = None
+        self._elapsed = np.zeros(self.num_envs, np.int64)
+
+    @property
+    def generator(self):
+        return self.simulator.generator
+
+    def _seed(self, seed: int | Sequence[int | None] | None) -> None:
+        """Per-sub-env generators: ``s + i`` for an int, one entry per sub-env for a list (``None``: fresh)."""
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed must be an int or a list of {self.num_envs} seeds, got {len(seeds)}")
+        rngs = [seeding.np_random(s)[0] for s in seeds]
+        if self._rngs is None or seed is not None:
+            self._rngs = rngs
+        self._np_random, self._np_random_seed = seeding.np_random(seeds[0])
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        if mask is None:
+            indices = list(range(self.num_envs))
+        else:
+            mask = np.asarray(mask)
+            if mask.shape != (self.num_envs,) or mask.dtype != np.bool_ or not mask.any():
+                raise ValueError(f"options['reset_mask'] must be a bool array [{self.num_envs}] with a True, got "
+                                 f"{mask.dtype} {list(mask.shape)}")
+            indices = np.flatnonzero(mask).tolist()
+        self.simulator.check_options(options, len(indices))
+        if seed is not None and mask is not None:
+            raise ValueError("give seed only when resetting all sub-environments (no reset_mask)")
+        if seed is not None or self._rngs is None:
+            self._seed(seed)
+        obs, infos = self.simulator.reset(indices, [self._rngs[i] for i in indices], options)
+        self._elapsed[indices] = 0
+        if mask is not None:  # untouched sub-envs keep their last observation, as Gymnasium's vector envs do
+            full = {key: np.array(value) for key, value in self._last_obs.items()}
+            for key in full:
+                full[key][indices] = obs[key]
+            obs = full
+        self._last_obs = obs
+        return {key: value.copy() for key, value in obs.items()}, self._batch_infos(infos, indices)
+
+    def step(self, actions):
+        motion = to_motion(actions, self.simulator.action_type, batch=self.num_envs)
+        obs, rewards, terminated, infos = self.simulator.step(motion)
+        self._elapsed += 1
+        truncated = np.zeros(self.num_envs, bool)
+        if self.max_episode_steps is not None:
+            truncated = (self._elapsed >= self.max_episode_steps) & ~terminated
+        done = np.flatnonzero(terminated | truncated).tolist()
+        vector_infos = self._batch_infos(infos, range(self.num_envs))
+        if done:
+            for i in done:
+                final_obs = {key: value[i].copy() for key, value in obs.items()}
+                vector_infos = self._add_info(vector_infos, {"final_obs": final_obs, "final_info": infos[i]}, i)
+            new_obs, new_infos = self.simulator.reset(done, [self._rngs[i] for i in done])
+            self._elapsed[done] = 0
+            for key in obs:
+                obs[key][done] = new_obs[key]
+            for k, i in enumerate(done):
+                vector_infos = self._add_info(vector_infos, new_infos[k], i)
+        self._last_obs = obs
+        return ({key: value.copy() for key, value in obs.items()}, rewards.astype(np.float64), terminated,
+                truncated, vector_infos)
+
+    def _batch_infos(self, infos: Sequence[dict[str, Any]], indices: Sequence[int]) -> dict[str, Any]:
+        batched: dict[str, Any] = {}
+        for info, i in zip(infos, indices):
+            batched = self._add_info(batched, info, i)
+        return batched
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        if self.render_mode is None:
+            return None
+        return tuple(self.simulator.render_frame(i, self.render_layout) for i in range(self.num_envs))
+
+
+class MirageRoomVectorEnv(_MirageVectorEnv):
+    """``num_envs`` batched ``MirageRoom-v0`` sub-envs (see :class:`~mirage_gym.envs.MirageRoomEnv`).
+
+    Args:
+        num_envs: sub-environments, all stepped by one generator call.
+        max_episode_steps: truncation per sub-env (200, from the registration).
+        render_mode: ``None`` or ``"rgb_array"`` (a tuple with one frame per sub-env).
+        kwargs: as ``MirageRoomEnv`` (``generator``, ``memory``, ``resolution``, ``chunk``, ...).
+    """
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        render_mode: str | None = None,
+        *,
+        max_episode_steps: int | None = 200,
+        render_layout: str = "frame",
+        collision_penalty: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_envs, ExplorationTask(collision_penalty), render_mode, render_layout, max_episode_steps,
+                         kwargs)
+
+
+class MirageRoomNavVectorEnv(_MirageVectorEnv):
+    """``num_envs`` batched ``MirageRoomNav-v0`` sub-envs (see :class:`~mirage_gym.envs.MirageRoomNavEnv`)."""
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        render_mode: str | None = None,
+        *,
+        max_episode_steps: int | None = 100,
+        render_layout: str = "frame",
+        collision_penalty: float = 0.1,
+        success_distance: float = 0.5,
+        success_bonus: float = 10.0,
+        min_goal_distance: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        task = PointNavTask(collision_penalty, success_distance, success_bonus, min_goal_distance)
+        super().__init__(num_envs, task, render_mode, render_layout, max_episode_steps, kwargs)

@@ -16,14 +16,13 @@ from mirage_gym.model.transformer import build_transformer
 from mirage_gym.training.config import load_config
 from mirage_gym.training.generator_stage import (
     flow_matching_loss,
-    load_stage1,
     make_chunk_batch,
     sample_sigmas,
     train_generator,
 )
 from mirage_gym.training.latent_clips import LatentClips
 from mirage_gym.training.loop import CHECKPOINT
-from mirage_gym.training.vae_stage import train_vae
+from mirage_gym.training.vae_stage import evaluate_stage1, load_stage1, train_vae
 
 TINY = Path(__file__).parent / "configs" / "tiny.json"
 
@@ -55,6 +54,9 @@ def test_vae_stage_exports_calibrated_parts(stage1, config):
     frames = torch.rand(1, 2, 3, 32, 32) * 2 - 1
     assert vae.decode(vae.encode(frames)).shape == frames.shape
     assert torch.load(stage1 / CHECKPOINT, weights_only=False)["train_state"]["step"] == config["train_vae"]["steps"]
+    # The held-out evaluation written at the end is the one evaluate_stage1 computes.
+    saved = json.loads((stage1 / "stage1_eval.json").read_text())
+    assert saved["psnr"] == pytest.approx(evaluate_stage1(config, stage1)["psnr"], abs=1e-4)
 
 
 def test_vae_stage_resumes_from_checkpoint(tmp_path, config):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderTiny, FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -38,6 +38,7 @@ from mirage_gym.model.transformer import build_transformer, chunk_inputs, empty_
 from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET, load_config
 from mirage_gym.training.data import RoomStream
 from mirage_gym.training.latent_clips import LatentClips, encode_clips
+from mirage_gym.training.vae_stage import load_stage1
 from mirage_gym.training.loop import (
     TrainState,
     add_common_arguments,
@@ -48,7 +49,7 @@ from mirage_gym.training.loop import (
     stage_settings,
 )
 
-__all__ = ["ChunkBatch", "make_chunk_batch", "flow_matching_loss", "train_generator", "load_stage1"]
+__all__ = ["ChunkBatch", "make_chunk_batch", "flow_matching_loss", "train_generator", "export"]
 
 
 class ChunkBatch:
@@ -141,16 +142,6 @@ def flow_matching_loss(
     prompt = empty_prompt_embeds(transformer, b, device=latents.device)
     flow = predict_flow(transformer, latents, conditioning, frame_t.to(latents.device), prompt)
     return F.mse_loss(flow[:, :, k:], noise - batch.target)
-
-
-def load_stage1(folder: Path, device: torch.device) -> tuple[VideoVAE, DepthHead]:
-    """The frozen autoencoder and depth head exported by ``mirage-gym train vae``."""
-    for part in ("vae", "depth_head"):
-        if not (folder / part / "config.json").is_file():
-            raise ValueError(f"{folder} has no stage-1 export {part}/ (run `mirage-gym train vae --out {folder}` first)")
-    vae = VideoVAE(AutoencoderTiny.from_pretrained(folder / "vae")).to(device).eval().requires_grad_(False)
-    head = DepthHead.from_pretrained(folder / "depth_head").to(device).eval().requires_grad_(False)
-    return vae, head
 
 
 def _stream(config: dict, vae: VideoVAE, seeds: tuple[int, int], seed: int) -> RoomStream:

@@ -19,6 +19,7 @@ roughly unit variance.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mirage_gym.metrics import psnr, ssim_map
 from mirage_gym.model.depth_head import DepthHead
+from mirage_gym.model.vae import VideoVAE
 from mirage_gym.training.config import load_config
 from mirage_gym.training.data import RoomStream
 from mirage_gym.training.loop import (
@@ -41,7 +43,7 @@ from mirage_gym.training.loop import (
     stage_settings,
 )
 
-__all__ = ["build_autoencoder", "build_depth_head", "train_vae"]
+__all__ = ["build_autoencoder", "build_depth_head", "train_vae", "load_stage1", "evaluate_stage1"]
 
 
 def build_autoencoder(config: dict) -> AutoencoderTiny:
@@ -160,7 +162,49 @@ def train_vae(
     head.save_pretrained(out / "depth_head")
     writer.close()
     stats["wall_time_s"] = state.elapsed()
+    held_out = evaluate_stage1(config, out)
+    (out / "stage1_eval.json").write_text(json.dumps({**held_out, "steps": state.step, "wall_time_s": stats["wall_time_s"]}, indent=2))
+    stats.update({f"held_out/{k}": v for k, v in held_out.items()})
     return stats
+
+
+def load_stage1(folder: Path, device: torch.device) -> tuple[VideoVAE, DepthHead]:
+    """The frozen autoencoder and depth head exported by ``mirage-gym train vae``."""
+    for part in ("vae", "depth_head"):
+        if not (folder / part / "config.json").is_file():
+            raise ValueError(f"{folder} has no stage-1 export {part}/ (run `mirage-gym train vae --out {folder}` first)")
+    vae = VideoVAE(AutoencoderTiny.from_pretrained(folder / "vae")).to(device).eval().requires_grad_(False)
+    head = DepthHead.from_pretrained(folder / "depth_head").to(device).eval().requires_grad_(False)
+    return vae, head
+
+
+@torch.no_grad()
+def evaluate_stage1(config: dict, folder: Path, *, frames: int = 64, seed: int = 0) -> dict[str, float]:
+    """Reconstruction and depth quality of an exported stage 1 on held-out rooms, full frames.
+
+    Returns PSNR/SSIM of decode(encode(x)) against x, and abs-rel of the token and pixel
+    depth against ground truth, averaged over ``frames`` frames of rooms never used in training.
+    """
+    from mirage_gym.metrics import abs_rel, ssim
+    from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
+
+    vae, head = load_stage1(folder, torch.device("cpu"))
+    stream = RoomStream(
+        resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=vae.spatial_factor,
+        room_seeds=(EVAL_ROOM_SEED_OFFSET, EVAL_ROOM_SEED_OFFSET + 1000), pool_size=8, seed=seed,
+    )
+    batch = stream.frames(frames)
+    latents = vae.encode(batch.rgb)
+    recon = (vae.decode(latents)[:, 0] + 1) / 2
+    target = (batch.rgb[:, 0] + 1) / 2
+    depth = head(latents[:, :, 0])
+    return {
+        "psnr": psnr(recon, target).mean().item(),
+        "ssim": ssim(recon, target).mean().item(),
+        "depth_abs_rel_token": abs_rel(depth.token_depth, batch.token_depth[:, 0]).mean().item(),
+        "depth_abs_rel_pixel": abs_rel(depth.pixel_depth, batch.depth[:, 0]).mean().item(),
+        "frames": frames,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,11 +20,14 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("bench", "memory"), "mirage_gym.bench.memory", "LatentCache vs PointCloudMemory: time per chunk and bytes held"),
     (("bench", "render"), "mirage_gym.bench.render", "ground-truth renderer throughput (frames/s)"),
     (("bench", "filter"), "mirage_gym.bench.filter", "dynamic-token filter precision/recall against ground-truth moving objects"),
+    (("eval",), "mirage_gym.eval.cli", "consistency metrics of a generator on held-out trajectories, per memory mode"),
+    (("bench", "generator"), "mirage_gym.bench.generator", "end-to-end time per chunk and memory vs frames: latent, pixel, none"),
+    (("bench", "env"), "mirage_gym.bench.env", "environment steps per second, single and batched"),
 ]
 
 GROUP_HELP = {
     "train": "train the default model's parts (resumable; tensorboard logs in the run folder)",
-    "bench": "benchmarks that print figures (and write JSON with --json)",
+    "bench": "benchmarks that print figures and can write them to a file or results folder",
 }
 
 

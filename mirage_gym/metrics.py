@@ -1,8 +1,9 @@
 """Image and depth metrics shared by training, evaluation and tests.
 
 Images are float tensors in ``[0, 1]`` with shape ``[..., 3, H, W]`` (or uint8
-``[..., H, W, 3]`` through :func:`to_unit_chw`). Every metric accepts an optional
-boolean ``mask`` ``[..., H, W]`` restricting it to valid pixels.
+``[..., H, W, 3]`` through :func:`to_unit_chw`). Every image metric accepts an optional
+boolean ``mask`` ``[..., H, W]`` restricting it to valid pixels. Flow fields are
+``[..., H, W, 2]`` in pixels; rotations ``[..., 3, 3]``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["to_unit_chw", "psnr", "ssim", "abs_rel"]
+__all__ = [
+    "to_unit_chw",
+    "psnr",
+    "ssim",
+    "abs_rel",
+    "l1",
+    "end_point_error",
+    "rotation_error_deg",
+    "direction_error_deg",
+]
 
 
 def to_unit_chw(images: Tensor) -> Tensor:
@@ -72,3 +82,40 @@ def abs_rel(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         valid &= mask
     err = torch.where(valid, (pred.float() - target.float()).abs() / target.float().clamp(min=1e-6), 0.0)
     return err.flatten(-2).sum(-1) / valid.flatten(-2).sum(-1).clamp(min=1)
+
+
+def _masked_mean(err: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``err`` ``[..., H, W]`` over the last two dims (over ``mask``; NaN where the mask is empty)."""
+    if mask is None:
+        return err.flatten(-2).mean(-1)
+    m = mask.float()
+    count = m.flatten(-2).sum(-1)
+    total = (err * m).flatten(-2).sum(-1)
+    return torch.where(count > 0, total / count.clamp(min=1.0), torch.full_like(total, float("nan")))
+
+
+def l1(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean absolute error per image (averaged over channels), images in ``[0, 1]`` ``[..., 3, H, W]``.
+
+    NaN for an image whose ``mask`` is empty: no pixel to compare is not a perfect score.
+    """
+    return _masked_mean((pred.float() - target.float()).abs().mean(dim=-3), mask)
+
+
+def end_point_error(flow: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean end-point error (pixels) per flow field ``[..., H, W, 2]``; NaN where ``mask`` is empty."""
+    return _masked_mean((flow.float() - target.float()).norm(dim=-1), mask)
+
+
+def rotation_error_deg(rot: Tensor, target: Tensor) -> Tensor:
+    """Angle (degrees) of the rotation ``rot @ target^T`` between two rotations ``[..., 3, 3]``."""
+    rel = rot.double() @ target.double().transpose(-1, -2)
+    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(cos)).float()
+
+
+def direction_error_deg(vec: Tensor, target: Tensor) -> Tensor:
+    """Angle (degrees) between two directions ``[..., 3]`` (their lengths do not matter)."""
+    a = vec.double() / vec.double().norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    b = target.double() / target.double().norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return torch.rad2deg(torch.acos((a * b).sum(-1).clamp(-1.0, 1.0))).float()

@@ -1,0 +1,345 @@
+"""Run the evaluation trajectories through a generator in every memory mode and score them.
+
+For every trajectory the ground truth (RGB, depth, moving-object masks) is rendered once;
+then each mode -- ``latent``, ``pixel``, ``none`` on the same :class:`MirageGenerator`, and
+``oracle`` (the ground-truth renderer behind the same interface, an upper bound) -- starts
+from the same ground-truth start image and follows the same poses with the same noise seed.
+The generated frames and depth are scored with :mod:`mirage_gym.eval.consistency`:
+
+* ``revisit_psnr`` / ``revisit_ssim`` -- same pose, first visit vs return after a turn >= 90 deg;
+* ``reproj_l1`` -- consecutive frames warped with the generated depth (3D consistency);
+* ``flow_epe`` -- DIS flow vs the flow implied by poses and generated depth (pixels);
+* ``rot_err_deg`` / ``trans_dir_err_deg`` / ``pose_recovered`` -- camera control, frame to frame
+  (the commanded motion of a step is spread evenly over its frames);
+* ``depth_abs_rel`` / ``fidelity_psnr`` -- against the ground truth where the scene was
+  observed before (a generator cannot know what it never saw);
+* ``dynamic_tokens_written`` / ``dynamic_tokens_visible`` -- tokens on ground-truth moving
+  objects that the memory write let into the memory, out of those in the written frames.
+
+Moving-object pixels (ground truth) are left out of every image comparison: they are meant
+to differ between visits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mirage_gym.envs.oracle import OracleGenerator
+from mirage_gym.eval.consistency import (
+    camera_control_error,
+    flow_error,
+    observed_mask,
+    reprojection_error,
+    revisit_pairs,
+)
+from mirage_gym.eval.trajectories import KINDS, EvalTrajectory, eval_trajectories
+from mirage_gym.geometry import intrinsics_from_fov
+from mirage_gym.memory import pool_fraction
+from mirage_gym.metrics import abs_rel, psnr, ssim, to_unit_chw
+from mirage_gym.model.generator import MEMORY_MODES, ChunkOutput, MirageGenerator
+from mirage_gym.world import Renderer
+
+__all__ = ["MODES", "METRICS", "EvalConfig", "GroundTruth", "Rollout", "render_truth", "rollout", "score", "evaluate",
+           "EvalResult"]
+
+MODES = (*MEMORY_MODES, "oracle")
+# Summary metrics: (key, column title, better is higher).
+METRICS = (
+    ("revisit_psnr", "revisit PSNR dB", True),
+    ("revisit_ssim", "revisit SSIM", True),
+    ("reproj_l1", "reproj L1", False),
+    ("flow_epe", "flow EPE px", False),
+    ("rot_err_deg", "rot err deg", False),
+    ("trans_dir_err_deg", "trans dir err deg", False),
+    ("pose_recovered", "pose recovered", True),
+    ("depth_abs_rel", "depth abs-rel", False),
+    ("fidelity_psnr", "fidelity PSNR dB", True),
+)
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate. ``chunks[kind]`` chunks of ``chunk`` frames follow the start frame."""
+
+    resolution: int = 128
+    fov_deg: float = 90.0
+    chunk: int = 4
+    rooms: int = 2
+    kinds: tuple[str, ...] = KINDS
+    chunks: dict[str, int] = field(
+        default_factory=lambda: {"orbit": 16, "walk_and_return": 12, "look_around": 12, "random_walk": 30}
+    )
+    modes: tuple[str, ...] = MODES
+    moving_objects: int = 2
+    frame_time: float = 0.25
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> EvalConfig:
+        """One room per kind and short paths: a minute or two for the default-sized model on 2 cores."""
+        base = dict(rooms=1, chunks={"orbit": 8, "walk_and_return": 6, "look_around": 8, "random_walk": 8})
+        return cls(**{**base, **overrides})
+
+    def validate(self) -> None:
+        if self.resolution < 8 or self.chunk < 1 or self.rooms < 1:
+            raise ValueError(f"need resolution >= 8, chunk >= 1, rooms >= 1; got {self.resolution}, {self.chunk}, "
+                             f"{self.rooms}")
+        if not 0.0 < self.fov_deg < 180.0 or self.frame_time <= 0:
+            raise ValueError(f"need fov_deg in (0, 180) and frame_time > 0, got {self.fov_deg}, {self.frame_time}")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"modes must be distinct entries of {MODES}, got {list(self.modes)}")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(self.kinds)}")
+
+
+@dataclass
+class GroundTruth:
+    """The procedural truth along a trajectory (CPU tensors), with frame ``t`` at time ``t * frame_time``."""
+
+    rgb: Tensor  # [N, H, W, 3] uint8
+    depth: Tensor  # [N, H, W]
+    static: Tensor  # [N, H, W] bool: not a moving object
+    observed: Tensor  # [N, H, W] bool: seen in an earlier frame (static surfaces only)
+    renderer: Renderer
+
+
+def render_truth(trajectory: EvalTrajectory, intrinsics: Tensor, resolution: int, frame_time: float) -> GroundTruth:
+    renderer = Renderer(trajectory.scene)
+    poses = trajectory.cam_to_world
+    times = torch.arange(poses.shape[0], dtype=torch.float32) * frame_time
+    parts = [renderer.render(poses[s : s + 32], intrinsics, resolution, resolution, time=times[s : s + 32])
+             for s in range(0, poses.shape[0], 32)]
+    rgb = torch.cat([p.rgb for p in parts])
+    depth = torch.cat([p.depth for p in parts])
+    static = ~torch.cat([p.dynamic for p in parts])
+    return GroundTruth(rgb, depth, static, observed_mask(depth, poses, intrinsics, static=static), renderer)
+
+
+@dataclass
+class Rollout:
+    """One mode's generated video along a trajectory (CPU tensors)."""
+
+    mode: str
+    rgb: Tensor  # [N, H, W, 3] uint8 (frame 0: the start image)
+    depth: Tensor  # [N, H, W]
+    chunk_seconds: list[float]
+    timings: list[dict[str, float]]
+    memory_bytes: list[int]  # after each chunk
+    dynamic_written: int | None  # tokens on moving objects written to the memory (None: no memory)
+    dynamic_visible: int | None  # tokens on moving objects in the frames written
+
+
+Generator = MirageGenerator | OracleGenerator
+
+
+def _dynamic_counts(
+    generator: Generator, out: ChunkOutput, poses: Tensor, intrinsics: Tensor, static: Tensor
+) -> tuple[int, int] | None:
+    """Moving-object tokens the generator's memory write lets in, and those present, for one chunk.
+
+    The keep mask is the generator's own :class:`TokenFilter` on the chunk (a pure function of the
+    chunk, so this is exactly what :meth:`MirageGenerator.step` wrote); a token is on a moving object
+    when at least half of its ground-truth pixels are.
+    """
+    if not isinstance(generator, MirageGenerator) or generator.memory == "none":
+        return None
+    sf = generator.vae.spatial_factor
+    height, width = out.rgb.shape[2:4]
+    latent = (height // sf, width // sf)
+    k = intrinsics.to(generator.device)
+    keep = generator.token_filter(out.rgb, out.depth, poses[None].to(generator.device), k, latent_size=latent)[0].cpu()
+    dynamic = pool_fraction((~static).float(), latent) >= 0.5  # [T, h, w]
+    if generator.memory == "latent":  # the cache takes one latent frame per temporal group
+        stride = generator.vae.temporal_factor
+        keep, dynamic = keep[::stride], dynamic[::stride]
+    return int((keep & dynamic).sum()), int(dynamic.sum())
+
+
+def rollout(
+    generator: Generator,
+    trajectory: EvalTrajectory,
+    truth: GroundTruth,
+    intrinsics: Tensor,
+    chunk: int,
+    *,
+    mode: str,
+    seed: int = 0,
+) -> Rollout:
+    """Start from the ground-truth first frame and generate the trajectory chunk by chunk."""
+    poses = trajectory.cam_to_world
+    if (poses.shape[0] - 1) % chunk:
+        raise ValueError(f"a trajectory of {poses.shape[0]} frames is not 1 + whole chunks of {chunk}")
+    noise = torch.Generator(device=generator.device).manual_seed(seed)
+    if isinstance(generator, OracleGenerator):
+        start = generator.start(truth.rgb[:1], poses[:1], intrinsics, renderers=[truth.renderer])
+    else:
+        start = generator.start(truth.rgb[:1], poses[:1], intrinsics)
+    rgb, depth = [start.rgb[0].cpu()], [start.depth[0].cpu()]
+    dyn = _dynamic_counts(generator, start, poses[:1], intrinsics, truth.static[:1])
+    written, visible = (None, None) if dyn is None else dyn
+    seconds, timings, memory = [], [], []
+    for c in range(poses.shape[0] // chunk):
+        frames = slice(1 + c * chunk, 1 + (c + 1) * chunk)
+        begin = time.perf_counter()
+        out = generator.step(poses[None, frames], generator=noise)
+        seconds.append(time.perf_counter() - begin)
+        timings.append(dict(out.timings))
+        memory.append(int(generator.memory_bytes()[0]))
+        rgb.append(out.rgb[0].cpu())
+        depth.append(out.depth[0].cpu())
+        dyn = _dynamic_counts(generator, out, poses[frames], intrinsics, truth.static[frames])
+        if dyn is not None:
+            written, visible = written + dyn[0], visible + dyn[1]
+    return Rollout(mode, torch.cat(rgb), torch.cat(depth).float(), seconds, timings, memory, written, visible)
+
+
+def _nanmean(values: Tensor | Sequence[float]) -> float:
+    x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    x = x[torch.isfinite(x)]
+    return float(x.mean()) if x.numel() else math.nan
+
+
+def _masked(metric: Callable[..., Tensor], pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """A per-image metric that is NaN (not a perfect score) where the mask is empty."""
+    values = metric(pred, target, mask)
+    return torch.where(mask.flatten(-2).any(-1), values, torch.full_like(values, math.nan))
+
+
+def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Tensor) -> dict[str, Any]:
+    """All metrics of one rollout (scalars, plus ``fidelity_per_frame`` for the plots)."""
+    n = cam_to_world.shape[0]
+    gen = to_unit_chw(run.rgb)
+    gt = to_unit_chw(truth.rgb)
+    pairs = revisit_pairs(cam_to_world)
+    if pairs:
+        i, j = (torch.tensor(v) for v in zip(*pairs, strict=True))
+        both_static = truth.static[i] & truth.static[j]
+        revisit_psnr = _nanmean(_masked(psnr, gen[j], gen[i], both_static))
+        revisit_ssim = _nanmean(_masked(ssim, gen[j], gen[i], both_static))
+    else:
+        revisit_psnr = revisit_ssim = math.nan
+    reproj = reprojection_error(
+        run.rgb[:-1], run.rgb[1:], run.depth[:-1], run.depth[1:], cam_to_world[:-1], cam_to_world[1:], intrinsics,
+        mask=truth.static[1:],
+    )
+    epe = flow_error(run.rgb, run.depth, cam_to_world, intrinsics, mask=truth.static)
+    control = camera_control_error(run.rgb, run.depth, cam_to_world, intrinsics, [(t, t + 1) for t in range(n - 1)])
+    seen = truth.observed[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
+    fidelity = _masked(psnr, gen[1:], gt[1:], seen)
+    depth_err = _masked(abs_rel, run.depth[1:], truth.depth[1:], seen)
+    return {
+        "revisit_pairs": len(pairs),
+        "revisit_psnr": revisit_psnr,
+        "revisit_ssim": revisit_ssim,
+        "reproj_l1": _nanmean(reproj.l1),
+        "reproj_valid": _nanmean(reproj.valid_fraction),
+        "flow_epe": _nanmean(epe),
+        "rot_err_deg": _nanmean(control.rotation_deg),
+        "trans_dir_err_deg": _nanmean(control.translation_deg),
+        "pose_recovered": float(control.recovered.float().mean()) if control.recovered.numel() else math.nan,
+        "depth_abs_rel": _nanmean(depth_err),
+        "fidelity_psnr": _nanmean(fidelity),
+        "fidelity_per_frame": [float(v) for v in fidelity],
+        "seconds_per_chunk": float(np.median(run.chunk_seconds)),
+        "memory_bytes": run.memory_bytes[-1],
+        "dynamic_tokens_written": run.dynamic_written,
+        "dynamic_tokens_visible": run.dynamic_visible,
+    }
+
+
+@dataclass
+class EvalResult:
+    """Per-run rows (one per trajectory and mode) and the per-mode summary."""
+
+    config: dict[str, Any]
+    generator: str
+    rows: list[dict[str, Any]]
+    summary: dict[str, dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(rows: list[dict[str, Any]], modes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per mode: the mean of each metric over trajectories (NaN-aware) and totals of the dynamic counts."""
+    summary = {}
+    for mode in modes:
+        mine = [r for r in rows if r["mode"] == mode]
+        if not mine:
+            continue
+        entry = {key: _nanmean([r[key] for r in mine]) for key, _, _ in METRICS}
+        entry["seconds_per_chunk"] = _nanmean([r["seconds_per_chunk"] for r in mine])
+        entry["memory_bytes"] = _nanmean([r["memory_bytes"] for r in mine])
+        counts = [(r["dynamic_tokens_written"], r["dynamic_tokens_visible"]) for r in mine]
+        if all(w is not None for w, _ in counts):
+            entry["dynamic_tokens_written"] = sum(w for w, _ in counts)
+            entry["dynamic_tokens_visible"] = sum(v for _, v in counts)
+        summary[mode] = entry
+    return summary
+
+
+def _with_memory(generator: MirageGenerator, mode: str) -> MirageGenerator:
+    # The memory mode is only read when a scene starts, so one set of weights serves every mode.
+    generator.memory = mode
+    return generator
+
+
+def evaluate(
+    generator: MirageGenerator | OracleGenerator,
+    config: EvalConfig | None = None,
+    *,
+    name: str = "generator",
+    progress: bool = True,
+) -> EvalResult:
+    """Run every trajectory of ``config`` through ``generator`` in each of ``config.modes`` and score it.
+
+    ``generator`` is a :class:`MirageGenerator` (its memory mode is switched per run and restored
+    afterwards) or an :class:`OracleGenerator` (then only ``"oracle"`` runs). The ``"oracle"`` mode
+    of a ``MirageGenerator`` evaluation uses a fresh :class:`OracleGenerator`.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or EvalConfig()
+    config.validate()
+    modes = tuple(config.modes)
+    if isinstance(generator, OracleGenerator):
+        if modes != ("oracle",) and "oracle" not in modes:
+            raise ValueError(f"the oracle generator only runs mode 'oracle', got modes {list(modes)}")
+        if generator.frame_time != config.frame_time:
+            raise ValueError(f"the oracle's frame_time ({generator.frame_time}) must equal config.frame_time "
+                             f"({config.frame_time}): the ground truth is rendered at the same times")
+        modes = ("oracle",)
+    elif not isinstance(generator, MirageGenerator):
+        raise TypeError(f"generator must be a MirageGenerator or an OracleGenerator, got {type(generator).__name__}")
+    k = intrinsics_from_fov(config.fov_deg, config.resolution, config.resolution)
+    paths = eval_trajectories(config.kinds, config.rooms, config.chunk, dict(config.chunks),
+                              moving_objects=config.moving_objects, seed=config.seed)
+    oracle = generator if isinstance(generator, OracleGenerator) else OracleGenerator(frame_time=config.frame_time)
+    original = generator.memory if isinstance(generator, MirageGenerator) else None
+    rows = []
+    bar = tqdm(total=len(paths) * len(modes), desc="eval", disable=not progress, dynamic_ncols=True)
+    try:
+        for path in paths:
+            truth = render_truth(path, k, config.resolution, config.frame_time)
+            for mode in modes:
+                bar.set_postfix_str(f"{path.name} {mode}")
+                runner = oracle if mode == "oracle" else _with_memory(generator, mode)
+                run = rollout(runner, path, truth, k, config.chunk, mode=mode, seed=config.seed)
+                rows.append({"kind": path.kind, "room_seed": path.room_seed, "frames": path.num_frames, "mode": mode,
+                             **score(run, truth, path.cam_to_world, k)})
+                bar.update(1)
+    finally:
+        bar.close()
+        if original is not None:
+            generator.memory = original
+    return EvalResult(config=asdict(config), generator=name, rows=rows, summary=summarize(rows, modes))

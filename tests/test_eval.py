@@ -1,0 +1,226 @@
+"""The evaluation metrics on cases with known answers, and `mirage-gym eval` on a tiny random generator."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_gym.cli import main
+from mirage_gym.envs import OracleGenerator
+from mirage_gym.eval import (
+    EvalConfig,
+    camera_control_error,
+    evaluate,
+    flow_error,
+    induced_flow,
+    make_trajectory,
+    observed_mask,
+    optical_flow,
+    relative_pose,
+    render_truth,
+    reprojection_error,
+    revisit_pairs,
+    rollout,
+)
+from mirage_gym.geometry import intrinsics_from_fov, pose_from_position_yaw_pitch, position_yaw_pitch_from_pose
+from mirage_gym.metrics import direction_error_deg, end_point_error, l1, psnr, rotation_error_deg, ssim, to_unit_chw
+from mirage_gym.world import Renderer, make_scene
+from tiny_generator import CHUNK, RESOLUTION, build_tiny_generator, save_tiny_generator
+
+SIZE = 128
+K = intrinsics_from_fov(90.0, SIZE, SIZE)
+
+
+@pytest.fixture(scope="module")
+def rotation() -> tuple[torch.Tensor, ...]:
+    """Ground truth of a held-out room seen before and after a pure 5 degree turn left."""
+    scene = make_scene(1_000_000)
+    start = scene.sample_pose(np.random.default_rng(0))
+    position, yaw, _ = position_yaw_pitch_from_pose(start)
+    poses = pose_from_position_yaw_pitch(
+        position[None].repeat(2, 1), torch.stack([yaw, yaw + math.radians(5.0)]), torch.zeros(2)
+    )
+    out = Renderer(scene).render(poses, K, SIZE, SIZE)
+    return out.rgb, out.depth, poses
+
+
+def smooth_texture(size: int, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB texture (blurred noise): trackable everywhere."""
+    import cv2
+
+    noise = np.random.default_rng(seed).uniform(0, 255, (size, size, 3)).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(noise, (0, 0), 2.0) * 3 - 255, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def test_identical_frames_are_perfect():
+    frames = to_unit_chw(torch.from_numpy(smooth_texture(48))[None])
+    assert psnr(frames, frames).item() == pytest.approx(100.0)  # the eps cap: never inf
+    assert ssim(frames, frames).item() == pytest.approx(1.0, abs=1e-5)
+    assert l1(frames, frames).item() == 0.0
+    noisy = (frames + 0.1).clamp(0, 1)
+    assert psnr(noisy, frames).item() < 25.0 and ssim(noisy, frames).item() < 1.0
+
+
+def test_masked_metrics_with_an_empty_mask_are_nan_not_perfect():
+    a, b = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    empty = torch.zeros(1, 4, 4, dtype=torch.bool)
+    assert math.isnan(l1(a, b, empty).item())
+    assert math.isnan(end_point_error(torch.zeros(1, 4, 4, 2), torch.ones(1, 4, 4, 2), empty).item())
+
+
+def test_pose_error_angles():
+    rot = pose_from_position_yaw_pitch(torch.zeros(2, 3), torch.tensor([0.0, math.radians(7.0)]), torch.zeros(2))
+    assert rotation_error_deg(rot[1, :3, :3], rot[0, :3, :3]).item() == pytest.approx(7.0, abs=1e-4)
+    assert rotation_error_deg(rot[0, :3, :3], rot[0, :3, :3]).item() == pytest.approx(0.0, abs=1e-4)
+    assert direction_error_deg(torch.tensor([1.0, 0, 0]), torch.tensor([5.0, 5.0, 0])).item() == pytest.approx(45.0)
+    assert end_point_error(torch.zeros(1, 2, 2, 2), torch.full((1, 2, 2, 2), 3.0)).item() == pytest.approx(18**0.5)
+
+
+# ---------------------------------------------------------------------- flow
+
+
+def test_optical_flow_recovers_a_known_shift():
+    image = smooth_texture(96)
+    dx, dy = 3, -2
+    src = image[16:80, 16:80]
+    dst = image[16 - dy : 80 - dy, 16 - dx : 80 - dx]  # dst(p) = src(p - d): src(p) moves to p + d
+    flow = optical_flow(torch.from_numpy(src)[None], torch.from_numpy(np.ascontiguousarray(dst))[None])[0]
+    inner = flow[8:-8, 8:-8].reshape(-1, 2)
+    assert inner.median(0).values.tolist() == pytest.approx([dx, dy], abs=0.15)
+
+
+def test_induced_flow_of_a_sideways_step_in_front_of_a_wall():
+    depth = torch.full((1, 16, 16), 2.0)
+    k = intrinsics_from_fov(90.0, 16, 16)  # f = 8 px
+    a = pose_from_position_yaw_pitch(torch.zeros(1, 3), torch.zeros(1), torch.zeros(1))
+    b = a.clone()
+    b[:, :3, 3] += 0.1 * a[:, :3, 0]  # 10 cm to the camera's right
+    flow, valid = induced_flow(depth, depth, a, b, k)
+    # A point at depth 2 m moves left by f * 0.1 / 2 = 0.4 px; the vertical flow is zero.
+    assert valid.float().mean() > 0.9
+    assert torch.allclose(flow[valid], torch.tensor([-0.4, 0.0]).expand_as(flow[valid]), atol=1e-4)
+
+
+def test_pure_rotation_flow_error_is_near_zero_and_independent_of_depth(rotation):
+    rgb, depth, poses = rotation
+    flow, valid = induced_flow(depth[:1], depth[1:], poses[:1], poses[1:], K)
+    flow_far, valid_far = induced_flow(depth[:1] * 3, depth[1:] * 3, poses[:1], poses[1:], K)
+    assert torch.allclose(flow[valid & valid_far], flow_far[valid & valid_far], atol=1e-3)  # rotation: no parallax
+    assert flow[valid][:, 0].mean() > 3.0  # turning left moves the image right
+    epe = flow_error(rgb, depth, poses, K)
+    assert epe.shape == (1,) and epe.item() < 0.6
+    wrong = poses.clone()
+    wrong[1] = poses[0]  # claim the camera did not move
+    assert flow_error(rgb, depth, wrong, K).item() > 3 * epe.item()
+
+
+# ---------------------------------------------------------------------- 3D consistency and camera control
+
+
+def test_reprojection_of_ground_truth_is_near_zero(rotation):
+    rgb, depth, poses = rotation
+    exact = reprojection_error(rgb[:1], rgb[1:], depth[:1], depth[1:], poses[:1], poses[1:], K)
+    assert exact.valid_fraction.item() > 0.8 and exact.l1.item() < 0.02
+    wrong = pose_from_position_yaw_pitch(*[torch.stack([v, v]) for v in position_yaw_pitch_from_pose(poses[0])])
+    off = reprojection_error(rgb[:1], rgb[1:], depth[:1], depth[1:], wrong[:1], wrong[1:], K)
+    assert off.l1.item() > 2 * exact.l1.item()
+
+
+def test_camera_control_on_a_pure_rotation(rotation):
+    rgb, depth, poses = rotation
+    pose = relative_pose(rgb[0], rgb[1], depth[0], K)
+    assert pose is not None
+    commanded = torch.linalg.inv(poses[1]) @ poses[0]
+    assert rotation_error_deg(pose[:3, :3], commanded[:3, :3]).item() < 0.5
+    assert pose[:3, 3].norm().item() < 0.05  # no translation found where there is none
+    control = camera_control_error(rgb, depth, poses, K, [(0, 1)])
+    assert bool(control.recovered[0]) and control.rotation_deg[0].item() < 0.5
+    assert math.isnan(control.translation_deg[0].item())  # no commanded translation: no direction to compare
+
+
+def test_revisit_pairs_of_the_fixed_trajectories():
+    look = make_trajectory("look_around", 1_000_000, 13)
+    assert revisit_pairs(look.cam_to_world) == [(0, 12)]
+    walk = make_trajectory("walk_and_return", 1_000_000, 12)  # 4 out, 4 turning, 4 back
+    assert revisit_pairs(walk.cam_to_world) == [(3, 8), (2, 9), (1, 10), (0, 11)]
+    still = walk.cam_to_world[:1].repeat(5, 1, 1)  # the same pose without turning away is not a revisit
+    assert revisit_pairs(still) == []
+
+
+def test_observed_mask_marks_what_was_seen_before(rotation):
+    _, depth, poses = rotation
+    twice = observed_mask(depth[[0, 0]], poses[[0, 0]], K)
+    assert not twice[0].any() and twice[1].all()
+    turned = observed_mask(depth, poses, K)
+    assert 0.5 < turned[1].float().mean() < 1.0  # a 5 degree turn reveals a strip on the left
+
+
+def test_trajectories_are_held_out():
+    with pytest.raises(ValueError, match="held out"):
+        make_trajectory("orbit", 5, 9)
+    with pytest.raises(ValueError, match="kind"):
+        make_trajectory("spiral", 1_000_000, 9)
+
+
+# ---------------------------------------------------------------------- full runs
+
+
+def test_oracle_is_near_perfectly_consistent():
+    config = EvalConfig(resolution=64, chunk=2, rooms=1, kinds=("walk_and_return", "look_around"),
+                        chunks={"walk_and_return": 4, "look_around": 6})
+    result = evaluate(OracleGenerator(), config, progress=False)
+    oracle = result.summary["oracle"]
+    assert list(result.summary) == ["oracle"]
+    assert oracle["revisit_psnr"] == pytest.approx(100.0) and oracle["revisit_ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert oracle["fidelity_psnr"] == pytest.approx(100.0) and oracle["depth_abs_rel"] == 0.0
+    assert oracle["reproj_l1"] < 0.03
+
+
+def test_evaluate_rejects_bad_configs():
+    with pytest.raises(ValueError, match="modes"):
+        evaluate(OracleGenerator(), EvalConfig(modes=("latent", "latent")), progress=False)
+    with pytest.raises(ValueError, match="only runs mode 'oracle'"):
+        evaluate(OracleGenerator(), EvalConfig(modes=("latent",)), progress=False)
+    with pytest.raises(ValueError, match="frame_time"):
+        evaluate(OracleGenerator(frame_time=0.5), EvalConfig(), progress=False)
+
+
+def test_dynamic_token_count_follows_the_memory_write():
+    path = make_trajectory("random_walk", 1_000_002, 1 + 2 * CHUNK, moving_objects=4)
+    k = intrinsics_from_fov(90.0, RESOLUTION, RESOLUTION)
+    truth = render_truth(path, k, RESOLUTION, 0.25)
+    gen = build_tiny_generator()
+    counts = {}
+    for name, keep in (("all", True), ("none", False)):
+        # A filter that keeps everything (or nothing): every (no) visible moving-object token is written.
+        gen.token_filter = lambda rgb, depth, poses, intr, latent_size, keep=keep: torch.full(
+            (*rgb.shape[:2], *latent_size), keep)
+        run = rollout(gen, path, truth, k, CHUNK, mode="latent")
+        counts[name] = (run.dynamic_written, run.dynamic_visible)
+    assert counts["all"][1] > 0 and counts["all"][0] == counts["all"][1]
+    assert counts["none"] == (0, counts["all"][1])
+
+
+def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
+    folder = save_tiny_generator(tmp_path / "model")
+    out = tmp_path / "results"
+    code = main(["eval", "--generator", str(folder), "--out", str(out), "--quick", "--resolution", str(RESOLUTION),
+                 "--chunk", str(CHUNK), "--kinds", "walk_and_return", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| mode |" in printed and "| latent |" in printed and "| oracle |" in printed
+    data = json.loads((out / "eval.json").read_text())
+    assert data["provenance"]["command"] and data["provenance"]["libraries"]["torch"] == torch.__version__
+    summary = data["results"]["summary"]
+    assert set(summary) == {"latent", "pixel", "none", "oracle"}
+    assert summary["none"]["memory_bytes"] == 0 < summary["latent"]["memory_bytes"] < summary["pixel"]["memory_bytes"]
+    assert summary["oracle"]["revisit_psnr"] > summary["latent"]["revisit_psnr"]
+    assert (out / "eval_metrics.png").stat().st_size > 0 and (out / "eval_fidelity.png").stat().st_size > 0
+    assert (out / "provenance.json").is_file() and (out / "eval_table.md").is_file()

@@ -142,3 +142,14 @@ def test_stage2_export_loads_and_generates(stage2):
     assert out.cache_mask.all(), "at the start pose the start image covers the whole latent grid"
     saved = json.loads((stage2 / "config.json").read_text())
     assert saved["name"] == "tiny"
+
+
+def test_depth_head_reads_the_normalised_latents_the_generator_uses(stage1):
+    vae, head = load_stage1(stage1, torch.device("cpu"))
+    assert head.config.latent_scale == pytest.approx(vae.vae.config.scaling_factor)
+    frames = torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    raw = vae.vae.encoder(frames[:, 0])
+    as_trained = DepthHead.from_config(head.config, latent_shift=0.0, latent_scale=1.0)
+    as_trained.load_state_dict(head.state_dict())
+    expected = as_trained(raw).token_depth
+    assert torch.allclose(head(vae.encode(frames)[:, :, 0]).token_depth, expected, rtol=1e-4, atol=1e-5)

@@ -11,6 +11,11 @@ gives two outputs that share one trunk:
   for the observations. It is the upsampled token depth plus a learned residual,
   so both agree where the surface is smooth.
 
+The head reads latents in the space the generator works in, i.e. normalised by
+:class:`~mirage_gym.model.VideoVAE`. A head trained on the autoencoder's raw latents
+records that normalisation in ``latent_shift`` and ``latent_scale`` and undoes it first
+(``raw = latents / latent_scale + latent_shift``), so training and inference see the same input.
+
 Depth is parameterised log-uniformly between ``min_depth`` and ``max_depth``
 (``min * (max / min) ** sigmoid(x)``): bounded, positive and equally precise in
 relative terms near and far.
@@ -57,6 +62,8 @@ class DepthHead(ModelMixin, ConfigMixin):
         hidden_channels: width of the trunk at latent resolution.
         num_blocks: residual blocks in the trunk.
         min_depth, max_depth: the depth range in metres.
+        latent_shift, latent_scale: the normalisation of the latents it is given, undone
+            before the first layer (0 and 1: it reads them as they come).
     """
 
     @register_to_config
@@ -68,12 +75,16 @@ class DepthHead(ModelMixin, ConfigMixin):
         num_blocks: int = 3,
         min_depth: float = 0.05,
         max_depth: float = 20.0,
+        latent_shift: float = 0.0,
+        latent_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if spatial_factor < 1 or spatial_factor & (spatial_factor - 1):
             raise ValueError(f"spatial_factor must be a power of two, got {spatial_factor}")
         if not 0 < min_depth < max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth} and {max_depth}")
+        if not latent_scale > 0:
+            raise ValueError(f"latent_scale must be positive, got {latent_scale}")
         self.conv_in = nn.Conv2d(latent_channels, hidden_channels, 3, padding=1)
         self.trunk = nn.Sequential(*[_ResBlock(hidden_channels) for _ in range(num_blocks)])
         self.token_out = nn.Conv2d(hidden_channels, 1, 1)
@@ -99,7 +110,8 @@ class DepthHead(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"latents must be [N, {self.config.latent_channels}, h, w], got {tuple(latents.shape)}"
             )
-        features = self.trunk(self.conv_in(latents.to(self.dtype)))
+        raw = latents.to(self.dtype) / self.config.latent_scale + self.config.latent_shift
+        features = self.trunk(self.conv_in(raw))
         token_logits = self.token_out(features)
         up = F.interpolate(token_logits, scale_factor=self.config.spatial_factor, mode="bilinear", align_corners=False)
         pixel_logits = up + self.pixel_out(self.upsample(features))

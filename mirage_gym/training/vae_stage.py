@@ -92,11 +92,16 @@ def _losses(autoencoder, head, x, depth_gt, token_depth_gt, latent_noise: float,
 
 
 @torch.no_grad()
-def _calibrate(autoencoder: AutoencoderTiny, stream: RoomStream, device: torch.device, batches: int = 8) -> None:
-    """Write the latent mean/std into the config so VideoVAE normalises latents to unit variance."""
+def _calibrate(
+    autoencoder: AutoencoderTiny, head: DepthHead, stream: RoomStream, device: torch.device, batches: int = 8
+) -> None:
+    """Write the latent mean/std into the configs: VideoVAE then hands out unit-variance latents,
+    and the depth head (trained on raw latents) undoes that normalisation before reading them."""
     zs = [autoencoder.encoder(stream.frames(16).rgb[:, 0].to(device)) for _ in range(batches)]
     z = torch.cat(zs)
-    autoencoder.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
+    shift, scale = float(z.mean()), float(1.0 / z.std())
+    autoencoder.register_to_config(shift_factor=shift, scaling_factor=scale)
+    head.register_to_config(latent_shift=shift, latent_scale=scale)
 
 
 def train_vae(
@@ -157,7 +162,7 @@ def train_vae(
             save_checkpoint(out, state, modules, optimizer, scheduler, config)
     bar.close()
     autoencoder.eval(), head.eval()
-    _calibrate(autoencoder, stream, device)
+    _calibrate(autoencoder, head, stream, device)
     autoencoder.save_pretrained(out / "vae")
     head.save_pretrained(out / "depth_head")
     writer.close()

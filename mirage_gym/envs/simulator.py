@@ -38,7 +38,6 @@ __all__ = ["MirageSimulator", "RENDER_LAYOUTS", "ROOM_SEED_RANGE"]
 RENDER_LAYOUTS = ("frame", "grid")
 ROOM_SEED_RANGE = 2**31 - 1  # room seeds are drawn from [0, ROOM_SEED_RANGE) unless room_seeds is given
 BASE_OPTIONS = frozenset({"room_seed", "start_image", "start_pose"})
-STOP_MARGIN = 1e-3  # metres: a blocked camera stops this far short of the obstacle
 
 
 @dataclass
@@ -350,22 +349,9 @@ class MirageSimulator:
         return obs, rewards, terminated, infos
 
     def _allowed_end(self, scene, origin: Tensor, target: Tensor) -> tuple[Tensor, bool]:
-        """Where a move from ``origin`` towards ``target`` ends, and whether an obstacle stopped it.
-
-        ``Scene.move`` stops right at the obstacle (to about 0.1 mm); a blocked move is pulled back
-        by :data:`STOP_MARGIN` so the float32 pose is free beyond rounding, which the next step's
-        ``move`` (it needs a free start) relies on. Should that still fail, the camera stays put.
-        """
+        """Where a move from ``origin`` towards ``target`` ends, and whether an obstacle stopped it."""
         reached, blocked = scene.move(origin[None], target[None], self.camera_radius)
-        end = reached[0]
-        if not bool(blocked[0]):
-            return end, False
-        delta = end - origin
-        length = float(delta.norm())
-        end = origin + delta * max(0.0, 1.0 - STOP_MARGIN / length) if length > 0 else origin
-        if not scene.is_free(end[None], self.camera_radius)[0]:
-            end = origin
-        return end, True
+        return reached[0], bool(blocked[0])
 
     # ------------------------------------------------------------------ outputs
 

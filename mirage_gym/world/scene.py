@@ -34,6 +34,7 @@ ArrayLike = Tensor | np.ndarray
 
 # Other axes (b, c) of a quad perpendicular to axis a.
 PLANE_AXES = np.array([[1, 2], [0, 2], [0, 1]], dtype=np.int64)
+STOP_MARGIN = 1e-3  # metres: a move cut short by an obstacle stops this far before it
 
 
 @dataclass
@@ -190,8 +191,9 @@ class Scene:
         Returns the positions reached ``[B, 3]`` and whether each move was cut short
         ``[B]``, as torch tensors if ``start`` is one (on its device), else numpy arrays.
         ``start`` must be free (:meth:`is_free`); the straight path is sampled more densely than
-        the thinnest wall and the stop refined by bisection to about 0.1 mm, so a camera never
-        passes through a wall, however long the move. There is no sliding along walls.
+        the thinnest wall and the stop refined by bisection to about 0.1 mm, then pulled back by
+        :data:`STOP_MARGIN`, so a camera never passes through a wall, however long the move, and a
+        stopped camera is a free start for the next move. There is no sliding along walls.
         """
         s = _as_points(start, "start")
         e = _as_points(end, "end")
@@ -218,7 +220,12 @@ class Scene:
             ok = self._is_free(s + mid[:, None] * (e - s), radius)
             lo_frac = np.where(blocked & ok, mid, lo_frac)
             hi_frac = np.where(blocked & ~ok, mid, hi_frac)
+        # Pull a stopped camera back by STOP_MARGIN so that, once rounded to float32, it is still free:
+        # the next move from there needs a free start. Should rounding still land inside, it stays put.
+        lo_frac = np.maximum(0.0, lo_frac - STOP_MARGIN / np.maximum(length, 1e-12))
         reached = np.where(blocked[:, None], s + lo_frac[:, None] * (e - s), e).astype(np.float32)
+        stuck = blocked & ~self._is_free(reached.astype(np.float64), radius)
+        reached[stuck] = s[stuck]
         if isinstance(start, Tensor):
             return torch.from_numpy(reached).to(start.device), torch.from_numpy(blocked).to(start.device)
         return reached, blocked

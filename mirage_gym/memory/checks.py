@@ -1,4 +1,4 @@
-"""Input validation shared by the memories and the filter.
+"""Input validation shared by the memories and the filter, and their common empty-cell rule.
 
 Every check raises ``ValueError`` naming the argument, and none of them mutates
 anything, so callers run them all before touching their state.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_tensor", "check_poses", "check_intrinsics", "check_scenes", "check_mask"]
+from mirage_gym.geometry import backproject
+
+__all__ = ["check_tensor", "check_poses", "check_intrinsics", "check_scenes", "check_mask", "lift_valid"]
 
 
 def check_tensor(name: str, value: object, ndim: int) -> Tensor:
@@ -70,3 +72,17 @@ def check_mask(name: str, mask: object, shape: tuple[int, ...]) -> Tensor:
         got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"{name} must be a bool tensor of shape {shape}, got {got}")
     return mask
+
+
+def lift_valid(depth: Tensor, keep: Tensor | None, intrinsics: Tensor, cam_to_world: Tensor) -> tuple[Tensor, Tensor]:
+    """The empty-cell rule both memories share, and the world points of all cells.
+
+    A cell is written when its depth is finite and positive and ``keep`` (if given) lets it
+    through. Returns ``valid`` ``[N, h, w]`` and the backprojected points ``[N, h, w, 3]``
+    (empty cells are lifted at depth 0, i.e. onto the camera centre, and must be masked out).
+    """
+    depth = depth.to(cam_to_world.device, torch.float32)
+    valid = torch.isfinite(depth) & (depth > 0)
+    if keep is not None:
+        valid &= keep
+    return valid, backproject(torch.where(valid, depth, torch.zeros_like(depth)), intrinsics, cam_to_world)

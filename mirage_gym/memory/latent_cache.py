@@ -18,8 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from mirage_gym.geometry import backproject, points_to_cells, project
-from mirage_gym.memory.checks import check_intrinsics, check_mask, check_poses, check_scenes, check_tensor
+from mirage_gym.geometry import points_to_cells, project
+from mirage_gym.memory.checks import check_intrinsics, check_mask, check_poses, check_scenes, check_tensor, lift_valid
 from mirage_gym.memory.voxel_keys import COORD_LIMIT, MAX_SCENES, pack_keys, scene_bounds, voxel_coords
 from mirage_gym.memory.zbuffer import new_zbuffer, occluded_cells, resolve, splat
 
@@ -235,11 +235,7 @@ class LatentCache:
             keep = check_mask("keep", keep, (n, h, w)).to(self.device)
         scene_ids = check_scenes("scene", scene, n, self.num_scenes, self.device)
 
-        depth = depth.to(self.device, torch.float32)
-        valid = torch.isfinite(depth) & (depth > 0)
-        if keep is not None:
-            valid &= keep
-        points = backproject(torch.where(valid, depth, torch.zeros_like(depth)), k, poses)
+        valid, points = lift_valid(depth, keep, k, poses)
         flat = valid.reshape(-1)
         xyz = points.reshape(-1, 3)[flat]
         tokens = latents.to(self.device, self.dtype).permute(0, 2, 3, 1).reshape(-1, c)[flat]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mirage_gym.geometry import backproject, points_to_cells, project
-from mirage_gym.memory.checks import check_intrinsics, check_mask, check_poses, check_scenes, check_tensor
+from mirage_gym.geometry import points_to_cells, project
+from mirage_gym.memory.checks import check_intrinsics, check_mask, check_poses, check_scenes, check_tensor, lift_valid
 from mirage_gym.memory.zbuffer import new_zbuffer, resolve, splat
 
 __all__ = ["PointCloudMemory"]
@@ -126,11 +126,7 @@ class PointCloudMemory:
             keep = check_mask("keep", keep, (n, h, w)).to(self.device)
         scene_ids = check_scenes("scene", scene, n, 2**31, self.device)
 
-        depth = depth.to(self.device, torch.float32)
-        valid = torch.isfinite(depth) & (depth > 0)
-        if keep is not None:
-            valid &= keep
-        points = backproject(torch.where(valid, depth, torch.zeros_like(depth)), k, poses)
+        valid, points = lift_valid(depth, keep, k, poses)
         rgb = rgb.to(self.device)
         for s in torch.unique(scene_ids).tolist():  # one append per scene, not per point
             frames = scene_ids == s

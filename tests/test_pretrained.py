@@ -22,21 +22,12 @@ from mirage_gym.model.generator import MirageGenerator
 from mirage_gym.model.pretrained import LORA_WEIGHTS, LORA_WEIGHTS_2, MIRAGE_CONFIG, PATCH_EMBEDDING, add_lora
 from mirage_gym.model.transformer import build_transformer, predict_flow, token_timesteps
 from mirage_gym.model.vae import VideoVAE
+from test_model import tiny_wan
 
 
 def tiny_transformer(channels: int, num_layers: int = 2, seed: int = 0) -> WanTransformer3DModel:
     torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=channels,
-        out_channels=channels,
-        text_dim=16,
-        freq_dim=16,
-        ffn_dim=32,
-        num_layers=num_layers,
-    )
+    return tiny_wan(channels, channels, num_layers)
 
 
 def wan_folder(path: Path, *, a14b: bool, num_layers: int = 2, vae_z: int | None = None) -> Path:

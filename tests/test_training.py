@@ -70,6 +70,39 @@ def test_vae_stage_resumes_from_checkpoint(tmp_path, config):
     assert second["scheduler"]["last_epoch"] == 4
 
 
+def test_frozen_encoder_keeps_latents_and_calibration(tmp_path, config):
+    config = {**config, "train_vae": {**config["train_vae"], "steps": 5, "freeze_encoder_at": 2}}
+    train_vae(config, tmp_path, steps=3, progress=False)
+    at_freeze = json.loads((tmp_path / "vae" / "config.json").read_text())
+    encoder_at_freeze = {k: v.clone() for k, v in load_stage1(tmp_path, torch.device("cpu"))[0].vae.encoder.state_dict().items()}
+    head_at_freeze = load_stage1(tmp_path, torch.device("cpu"))[1].state_dict()
+    train_vae(config, tmp_path, progress=False)  # resumes at step 3, ends at 5
+    vae, head = load_stage1(tmp_path, torch.device("cpu"))
+    final = json.loads((tmp_path / "vae" / "config.json").read_text())
+    # Latents a stage 2 encoded at the freeze are still the latents of the final export...
+    for key, value in vae.vae.encoder.state_dict().items():
+        assert torch.equal(value, encoder_at_freeze[key]), key
+    assert (final["shift_factor"], final["scaling_factor"]) == (at_freeze["shift_factor"], at_freeze["scaling_factor"])
+    # ...while the depth head kept learning.
+    assert any(not torch.equal(v, head_at_freeze[k]) for k, v in head.state_dict().items())
+
+
+def test_interrupted_clip_encoding_ends_with_the_same_clips(tmp_path, config, stage1):
+    from mirage_gym.training.generator_stage import _shard_streams
+    from mirage_gym.training.latent_clips import SHARD, encode_clips
+
+    vae, head = load_stage1(stage1, torch.device("cpu"))
+    streams = _shard_streams(config, vae, (0, 1000), seed=3)
+    args = dict(num_clips=6, clip_frames=4, chunk=2, clips_per_shard=2, progress=False)
+    encode_clips(tmp_path / "whole", streams, vae, head, **args)
+    encode_clips(tmp_path / "cut", streams, vae, head, **{**args, "num_clips": 2})  # stopped after one shard
+    encode_clips(tmp_path / "cut", streams, vae, head, **args)
+    whole, cut = LatentClips(tmp_path / "whole"), LatentClips(tmp_path / "cut")
+    assert len(cut) == 6 and torch.equal(whole.latents, cut.latents) and torch.equal(whole.cam_to_world, cut.cam_to_world)
+    assert not torch.equal(whole.latents[:2], whole.latents[2:4])  # shards are different clips
+    assert len(list((tmp_path / "cut").glob("*.safetensors"))) == 3 and (tmp_path / "cut" / SHARD.format(2)).exists()
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, config):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="checkpoint.pt"):

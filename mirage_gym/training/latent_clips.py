@@ -12,13 +12,15 @@ cache histories from them for many epochs. What is stored is what inference woul
   out of training caches the same way they stay out at inference;
 * ``cam_to_world`` ``[N, L, 4, 4]``.
 
-Shards are written atomically (temporary file, then rename): an interrupted run resumes at
-the first missing shard.
+Shards are written atomically (temporary file, then rename), and shard ``i`` is drawn from
+its own stream ``make_stream(i)``: an interrupted run resumes at the first missing shard and
+ends with exactly the clips an uninterrupted run would have written.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,7 +40,7 @@ SHARD = "shard_{:05d}.safetensors"
 @torch.no_grad()
 def encode_clips(
     folder: Path,
-    stream: RoomStream,
+    make_stream: Callable[[int], RoomStream],
     vae: VideoVAE,
     depth_head: DepthHead,
     *,
@@ -48,15 +50,19 @@ def encode_clips(
     clips_per_shard: int = 32,
     progress: bool = True,
 ) -> Path:
-    """Render, encode and store ``num_clips`` clips into ``folder`` (skipping shards already there)."""
+    """Render, encode and store ``num_clips`` clips into ``folder`` (skipping shards already there).
+
+    ``make_stream(i)`` gives the seeded stream that shard ``i`` is drawn from.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     token_filter = TokenFilter()
     shards = -(-num_clips // clips_per_shard)
-    h = stream.latent_size
     for index in tqdm(range(shards), desc="encode clips", disable=not progress, dynamic_ncols=True):
         path = folder / SHARD.format(index)
         if path.exists():
             continue
+        stream = make_stream(index)
+        h = stream.latent_size
         clips = stream.clips(min(clips_per_shard, num_clips - index * clips_per_shard), clip_frames)
         b, n = clips.rgb.shape[:2]
         latents = vae.encode(clips.rgb)  # [B, C, L, h, w]

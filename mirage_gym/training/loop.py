@@ -72,22 +72,24 @@ def make_optimizer(params, lr: float, warmup: int, steps: int) -> tuple[torch.op
 
 
 class TrainState:
-    """Step counter plus wall time, carried across resumes."""
+    """Step counter, wall time and a stage's own small records (``extra``), carried across resumes."""
 
     def __init__(self) -> None:
         self.step = 0
         self.wall_time = 0.0
+        self.extra: dict[str, Any] = {}
         self._started = time.perf_counter()
 
     def elapsed(self) -> float:
         return self.wall_time + time.perf_counter() - self._started
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "wall_time": self.elapsed()}
+        return {"step": self.step, "wall_time": self.elapsed(), "extra": self.extra}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.wall_time = float(state["wall_time"])
+        self.extra = dict(state.get("extra", {}))
         self._started = time.perf_counter()
 
 

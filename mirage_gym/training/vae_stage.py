@@ -9,8 +9,10 @@ Gaussian noise, so they tolerate the small errors of generated latents.
 
 Training uses random crops aligned to latent cells (``crop`` in the config; both networks
 are convolutional, so a 64x64 crop trains them at a quarter of the cost of a 128x128 frame).
+From ``freeze_encoder_at`` on, the encoder is final (stage 2 can encode its clips) and the
+decoder and depth head keep training on its latents of whole frames.
 Losses: RGB ``L1 + w_ssim (1 - SSIM)``; depth ``|log d - log d_gt|`` at the latent cells
-(rendered exactly at cell centres) and at the pixels. At the end the latent statistics
+(rendered exactly at cell centres) and at the pixels. Once the encoder is final, its latent statistics
 are measured and written into the autoencoder's config (``shift_factor``,
 ``scaling_factor``), so :class:`~mirage_gym.model.VideoVAE` hands the generator latents of
 roughly unit variance.
@@ -55,32 +57,31 @@ def build_depth_head(config: dict, autoencoder: AutoencoderTiny) -> DepthHead:
     return DepthHead(latent_channels=autoencoder.config.latent_channels, spatial_factor=factor, **config["depth_head"])
 
 
-def _random_crop(batch, crop: int, factor: int, generator: torch.Generator):
-    """The same random ``crop x crop`` window of every frame, aligned to latent cells (both models are convolutional)."""
-    size = batch.rgb.shape[-1]
-    if crop >= size:
-        return batch.rgb[:, 0], batch.depth[:, 0], batch.token_depth[:, 0]
-    i, j = (int(v) * factor for v in torch.randint(0, (size - crop) // factor + 1, (2,), generator=generator))
-    c, f = crop, factor
-    return (
-        batch.rgb[:, 0, :, i : i + c, j : j + c],
-        batch.depth[:, 0, i : i + c, j : j + c],
-        batch.token_depth[:, 0, i // f : (i + c) // f, j // f : (j + c) // f],
-    )
+def _random_window(cells: int, crop_cells: int, generator: torch.Generator) -> tuple[int, int, int]:
+    """A random ``crop_cells``-square window ``(i, j, n)`` of a ``cells``-square latent grid."""
+    n = min(crop_cells, cells)
+    i, j = (int(v) for v in torch.randint(0, cells - n + 1, (2,), generator=generator))
+    return i, j, n
 
 
-def _losses(autoencoder, head, x, depth_gt, token_depth_gt, latent_noise: float, ssim_weight: float, depth_weight: float):
-    z = autoencoder.encoder(x)  # x: [B, 3, H, W] in [-1, 1]
-    sigma = latent_noise * torch.rand(z.shape[0], 1, 1, 1, device=z.device) * z.detach().std()
+def _losses(autoencoder, head, z, rgb, depth_gt, token_depth_gt, window: tuple[int, int, int], hp: dict):
+    """Stage-1 losses on latents ``z`` of the frames ``rgb`` (``[B, 3, H, W]`` in [-1, 1]).
+
+    The decoder is scored on the latent ``window`` ``(i, j, n)`` only, the depth head on all of ``z``.
+    """
+    f = rgb.shape[-1] // z.shape[-1]
+    sigma = hp["latent_noise"] * torch.rand(z.shape[0], 1, 1, 1, device=z.device) * z.detach().std()
     z_noisy = z + sigma * torch.randn_like(z)
-    recon = autoencoder.decoder(z_noisy)
+    i, j, n = window
+    recon = autoencoder.decoder(z_noisy[..., i : i + n, j : j + n])
+    x = rgb[..., i * f : (i + n) * f, j * f : (j + n) * f]
     x01, r01 = (x + 1) / 2, (recon + 1) / 2
     loss_l1 = F.l1_loss(recon, x)
     loss_ssim = (1 - ssim_map(r01, x01)).mean()
     depth = head(z_noisy)
     loss_tok = (depth.token_depth.log() - token_depth_gt.log()).abs().mean()
     loss_pix = (depth.pixel_depth.log() - depth_gt.log()).abs().mean()
-    loss = loss_l1 + ssim_weight * loss_ssim + depth_weight * (loss_tok + loss_pix)
+    loss = loss_l1 + hp["ssim_weight"] * loss_ssim + hp["depth_weight"] * (loss_tok + loss_pix)
     stats = {
         "loss/total": loss.item(), "loss/l1": loss_l1.item(), "loss/ssim": loss_ssim.item(),
         "loss/depth_token": loss_tok.item(), "loss/depth_pixel": loss_pix.item(),
@@ -88,20 +89,23 @@ def _losses(autoencoder, head, x, depth_gt, token_depth_gt, latent_noise: float,
         "metrics/abs_rel_token": ((depth.token_depth - token_depth_gt).abs() / token_depth_gt).mean().item(),
         "metrics/latent_std": z.detach().std().item(),
     }
-    return loss, stats, recon
+    return loss, stats, x, recon
 
 
 @torch.no_grad()
-def _calibrate(
-    autoencoder: AutoencoderTiny, head: DepthHead, stream: RoomStream, device: torch.device, batches: int = 8
-) -> None:
-    """Write the latent mean/std into the configs: VideoVAE then hands out unit-variance latents,
-    and the depth head (trained on raw latents) undoes that normalisation before reading them."""
-    zs = [autoencoder.encoder(stream.frames(16).rgb[:, 0].to(device)) for _ in range(batches)]
-    z = torch.cat(zs)
-    shift, scale = float(z.mean()), float(1.0 / z.std())
-    autoencoder.register_to_config(shift_factor=shift, scaling_factor=scale)
-    head.register_to_config(latent_shift=shift, latent_scale=scale)
+def _measure_latents(autoencoder: AutoencoderTiny, stream: RoomStream, device: torch.device, batches: int = 8) -> dict:
+    """Mean and inverse std of the encoder's latents: the normalisation the generator works in."""
+    z = torch.cat([autoencoder.encoder(stream.frames(16).rgb[:, 0].to(device)) for _ in range(batches)])
+    return {"shift": float(z.mean()), "scale": float(1.0 / z.std())}
+
+
+def _export(autoencoder: AutoencoderTiny, head: DepthHead, calibration: dict, out: Path) -> None:
+    """Write ``vae/`` and ``depth_head/``: VideoVAE then hands out unit-variance latents, and the
+    depth head (trained on raw latents) undoes that normalisation before reading them."""
+    autoencoder.register_to_config(shift_factor=calibration["shift"], scaling_factor=calibration["scale"])
+    head.register_to_config(latent_shift=calibration["shift"], latent_scale=calibration["scale"])
+    autoencoder.save_pretrained(out / "vae")
+    head.save_pretrained(out / "depth_head")
 
 
 def train_vae(
@@ -115,7 +119,14 @@ def train_vae(
     resume: bool = True,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train stage 1 into ``out``; returns the last logged statistics."""
+    """Train stage 1 into ``out``; returns the last logged statistics.
+
+    With ``freeze_encoder_at`` in the stage's settings, the encoder is final from that step
+    on: its latent statistics are measured once (kept in the checkpoint), ``vae/`` and
+    ``depth_head/`` are exported at once -- stage 2 can start encoding its clips, which no
+    longer change -- and the decoder and depth head go on training on the fixed latents,
+    the depth head on whole frames (monocular depth needs the whole view, not a crop).
+    """
     hp, steps, batch_size, seed = stage_settings(config, "train_vae", steps, batch_size, seed)
     autoencoder = build_autoencoder(config).to(device)
     head = build_depth_head(config, autoencoder).to(device)
@@ -132,17 +143,37 @@ def train_vae(
         moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed * 1_000_003 + state.step,
     )
     factor = head.config.spatial_factor
+    crop_cells = hp.get("crop", config["resolution"]) // factor
     crop_rng = torch.Generator().manual_seed(seed * 7919 + state.step)
+    freeze_at = hp.get("freeze_encoder_at")
     writer = SummaryWriter(str(out / "tb"))
     stats: dict[str, float] = {}
     bar = tqdm(total=steps, initial=state.step, desc="train vae", disable=not progress, dynamic_ncols=True)
     autoencoder.train(), head.train()
+    frozen = False
     while state.step < steps:
+        if not frozen and freeze_at is not None and state.step >= freeze_at:
+            autoencoder.encoder.requires_grad_(False)
+            if "calibration" not in state.extra:
+                state.extra["calibration"] = _measure_latents(autoencoder, stream, device)
+            _export(autoencoder, head, state.extra["calibration"], out)
+            frozen = True
         batch = stream.frames(batch_size).to(device)
-        x, depth_gt, token_depth_gt = _random_crop(batch, hp.get("crop", config["resolution"]), factor, crop_rng)
-        loss, stats, recon = _losses(
-            autoencoder, head, x, depth_gt, token_depth_gt, hp["latent_noise"], hp["ssim_weight"], hp["depth_weight"]
-        )
+        rgb, depth_gt, token_depth_gt = batch.rgb[:, 0], batch.depth[:, 0], batch.token_depth[:, 0]
+        cells = token_depth_gt.shape[-1]
+        if frozen:  # fixed latents of whole frames; the decoder is scored on a window of them
+            with torch.no_grad():
+                z = autoencoder.encoder(rgb)
+            window = _random_window(cells, crop_cells, crop_rng)
+        else:  # encoder and decoder train on the same crop of every frame
+            i, j, n = _random_window(cells, crop_cells, crop_rng)
+            f = factor
+            rgb = rgb[..., i * f : (i + n) * f, j * f : (j + n) * f]
+            depth_gt = depth_gt[..., i * f : (i + n) * f, j * f : (j + n) * f]
+            token_depth_gt = token_depth_gt[..., i : i + n, j : j + n]
+            z = autoencoder.encoder(rgb)
+            window = (0, 0, n)
+        loss, stats, x, recon = _losses(autoencoder, head, z, rgb, depth_gt, token_depth_gt, window, hp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -162,9 +193,8 @@ def train_vae(
             save_checkpoint(out, state, modules, optimizer, scheduler, config)
     bar.close()
     autoencoder.eval(), head.eval()
-    _calibrate(autoencoder, head, stream, device)
-    autoencoder.save_pretrained(out / "vae")
-    head.save_pretrained(out / "depth_head")
+    calibration = state.extra.get("calibration") or _measure_latents(autoencoder, stream, device)
+    _export(autoencoder, head, calibration, out)
     writer.close()
     stats["wall_time_s"] = state.elapsed()
     held_out = evaluate_stage1(config, out)

@@ -32,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "intrinsics_from_fov",
     "scale_intrinsics",
+    "subsample_intrinsics",
     "pose_from_position_yaw_pitch",
     "position_yaw_pitch_from_pose",
     "integrate_action",
@@ -74,6 +75,19 @@ def scale_intrinsics(intrinsics: Tensor, sx: float, sy: float | None = None) -> 
     sy = sx if sy is None else sy
     scale = intrinsics.new_tensor([[sx, 0.0, sx], [0.0, sy, sy], [0.0, 0.0, 1.0]])
     return intrinsics * scale
+
+
+def subsample_intrinsics(intrinsics: Tensor, stride: int) -> Tensor:
+    """The camera of the pixels ``(stride i + stride // 2, stride j + stride // 2)`` of an image.
+
+    Picking every ``stride``-th pixel is not ``scale_intrinsics(K, 1 / stride)``, which is the
+    camera of ``stride x stride`` *blocks*: the kept pixel's centre is ``(o + 1/2) / stride``
+    of a cell from the block's corner, not ``1/2``, so the principal point moves by the difference.
+    """
+    o = stride // 2
+    k = scale_intrinsics(intrinsics, 1.0 / stride).clone()
+    k[..., :2, 2] += 0.5 - (o + 0.5) / stride
+    return k
 
 
 def pose_from_position_yaw_pitch(position: Tensor, yaw: Tensor, pitch: Tensor) -> Tensor:

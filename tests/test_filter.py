@@ -172,3 +172,30 @@ def test_static_house_tokens_are_kept_on_a_walk():
     out = world.Renderer(scene).render(poses, K, S, S)
     result = TokenFilter().analyze(out.rgb.view(4, 4, S, S, 3), out.depth.view(4, 4, S, S), poses.view(4, 4, 4, 4), K, (L, L))
     assert result.keep[~result.empty].float().mean() > 0.99
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_strided_filter_makes_the_same_token_decisions(stride):
+    rgb, depth, square = sliding_square_chunk()
+    poses = static_camera(4)[None]
+    full = TokenFilter().analyze(rgb, depth, poses, K, (L, L))
+    strided = TokenFilter(stride=stride).analyze(rgb, depth, poses, K, (L, L))
+    on_object = pool_fraction(square, (L, L))
+    assert not strided.keep[on_object >= 0.5].any()
+    assert strided.keep[on_object == 0].float().mean() > 0.95
+    assert (strided.keep == full.keep).float().mean() > 0.97
+    assert strided.dynamic_pixels.shape == (1, 4, S, S)  # diagnostics stay at the input resolution
+
+
+def test_strided_filter_keeps_a_moving_camera_static_house():
+    # The subsampled camera must be exact: half a pixel off, a moving camera's static walls would vote.
+    scene = world.make_scene(1, moving_objects=0)
+    poses = world.trajectories.random_walk(scene, np.random.default_rng(1), 16)
+    out = world.Renderer(scene).render(poses, K, S, S)
+    args = (out.rgb.view(4, 4, S, S, 3), out.depth.view(4, 4, S, S), poses.view(4, 4, 4, 4), K, (L, L))
+    result = TokenFilter(stride=2).analyze(*args)
+    assert result.keep[~result.empty].float().mean() > 0.99
+    with pytest.raises(ValueError, match="stride"):
+        TokenFilter(stride=3).analyze(*args)
+    with pytest.raises(ValueError, match="stride"):
+        TokenFilter(stride=0)

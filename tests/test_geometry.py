@@ -75,6 +75,22 @@ def test_scale_intrinsics_latent_cell_is_union_of_its_pixels(factor: int) -> Non
     assert torch.allclose(geometry.camera_rays(k_latent, h, w), rays_big, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [2, 3, 4])
+def test_subsample_intrinsics_sees_the_kept_pixels_exactly(stride: int) -> None:
+    gen = torch.Generator().manual_seed(stride)
+    n, h, w = 4, 5, 7
+    pose, k = _random_cameras(gen, n, h * stride, w * stride)
+    k_sub = geometry.subsample_intrinsics(k, stride)
+    o = stride // 2
+    depth = 0.5 + torch.rand(n, h, w, generator=gen) * 10.0
+    # A point seen at kept pixel (s i + o, s j + o) of the full image is at cell (i, j), centre and all.
+    full_uv = (geometry.pixel_centers(h, w) - 0.5) * stride + o + 0.5
+    rays = torch.cat([full_uv, torch.ones(h, w, 1)], -1) @ torch.linalg.inv(k).transpose(-1, -2)[:, None]
+    points = (rays * depth[..., None]) @ pose[:, None, :3, :3].transpose(-1, -2) + pose[:, None, None, :3, 3]
+    uv, _ = geometry.project(points.reshape(n, -1, 3), k_sub, pose)
+    assert torch.allclose(uv.reshape(n, h, w, 2), geometry.pixel_centers(h, w).expand(n, -1, -1, -1), atol=1e-3)
+
+
 def test_scale_intrinsics_anisotropic() -> None:
     k = geometry.intrinsics_from_fov(90.0, 64, 32)
     scaled = geometry.scale_intrinsics(k, 0.25, 0.5)

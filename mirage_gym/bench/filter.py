@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fov", type=float, default=90.0, help="horizontal field of view, degrees")
     parser.add_argument("--fps", type=str, default="2,4,10", help="comma-separated frame rates to sweep")
     parser.add_argument("--depth-noise", type=str, default="0,0.02", help="comma-separated relative depth noise std")
+    parser.add_argument("--stride", type=int, default=1, help="TokenFilter stride: analyse every N-th pixel")
     parser.add_argument("--json", type=str, default=None, help="write the figures to this JSON file")
 
 
@@ -64,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
     noise_values = [float(v) for v in args.depth_noise.split(",")]
     k = intrinsics_from_fov(args.fov, args.size, args.size)
     latent = (args.latent, args.latent)
-    filt = TokenFilter()
+    filt = TokenFilter(stride=args.stride)
     chunks = args.frames // args.chunk
     shape = (chunks, args.chunk, args.size, args.size)
     results = []
     print(f"TokenFilter on {args.scenes} houses x {args.frames} frames, {args.moving} moving objects, "
-          f"{args.size}x{args.size} -> {args.latent}x{args.latent} tokens, chunks of {args.chunk}")
+          f"{args.size}x{args.size} -> {args.latent}x{args.latent} tokens, chunks of {args.chunk}, stride {args.stride}")
     print(f"{'fps':>5} {'noise':>6} {'precision':>9} {'recall':>7} {'F1':>6} {'recall(>=50%)':>13} "
           f"{'static dropped':>14} {'dyn tokens':>10} {'ms/chunk':>9}")
     for fps in fps_values:

@@ -31,6 +31,11 @@ pixels are; dynamic tokens can be dilated by ``dilation`` tokens. A token is emp
 fewer than ``min_valid_fraction`` of its pixels have a finite depth in
 ``[min_depth, max_depth]``. ``keep = not empty and not dynamic``.
 
+Cost: every pixel is reprojected into every other frame of the chunk. ``stride`` runs the
+rule on every ``stride``-th pixel of each row and column (the pixel camera adjusted
+exactly), ``stride**2`` times cheaper; with 8x8 pixels per token the token decisions barely
+change (``mirage-gym bench filter --stride`` measures it), so generators use ``stride=2``.
+
 What the rule cannot see: an object that does not move during the chunk (a slow
 object near the end of its path) gives no evidence -- nothing in the chunk tells it
 from furniture. Recall therefore grows with the motion per chunk; see the bench.
@@ -44,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mirage_gym.geometry import backproject, points_to_cells, project
+from mirage_gym.geometry import backproject, points_to_cells, project, subsample_intrinsics
 from mirage_gym.memory.checks import check_intrinsics, check_poses, check_tensor
 
 __all__ = ["TokenFilter", "FilterResult", "pool_depth", "pool_fraction"]
@@ -121,6 +126,7 @@ class TokenFilter:
         dilation: int = 0,
         grow_pixels: int = 8,
         min_support: int = 4,
+        stride: int = 1,
     ) -> None:
         if not 0.0 <= min_depth < max_depth:
             raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
@@ -141,6 +147,8 @@ class TokenFilter:
             raise ValueError(f"grow_pixels must be a non-negative int, got {grow_pixels!r}")
         if not isinstance(dilation, int) or dilation < 0:
             raise ValueError(f"dilation must be a non-negative int, got {dilation!r}")
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be a positive int, got {stride!r}")
         self.max_depth = float(max_depth)
         self.min_depth = float(min_depth)
         self.min_valid_fraction = float(min_valid_fraction)
@@ -151,6 +159,7 @@ class TokenFilter:
         self.dilation = dilation
         self.grow_pixels = grow_pixels
         self.min_support = min_support
+        self.stride = stride
 
     def __call__(
         self, rgb: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, latent_size: tuple[int, int]
@@ -183,8 +192,14 @@ class TokenFilter:
         k = check_intrinsics("intrinsics", intrinsics, (b, t)).to(rgb.device)
         h, w = _check_latent_size(height, width, latent_size)
         colors = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float()
-
         depth = depth.float().to(rgb.device)
+        s = self.stride
+        if s > 1:
+            if (height // h) % s or (width // w) % s:
+                raise ValueError(f"stride {s} must divide the pixels per token {(height // h, width // w)}")
+            o = s // 2
+            colors, depth = colors[:, :, o::s, o::s], depth[:, :, o::s, o::s]
+            k = subsample_intrinsics(k, s)
         valid = torch.isfinite(depth) & (depth >= self.min_depth) & (depth <= self.max_depth)
         dynamic_pixels = self._dynamic_pixels(colors, depth, valid, poses, k) & valid
         dynamic_pixels = self._grow(self._supported(dynamic_pixels), depth, valid)
@@ -197,6 +212,9 @@ class TokenFilter:
             r = self.dilation
             dynamic = F.max_pool2d(dynamic.float().view(b * t, 1, h, w), 2 * r + 1, stride=1, padding=r)
             dynamic = dynamic.view(b, t, h, w) > 0
+        if s > 1:  # per-pixel diagnostics at the input resolution
+            dynamic_pixels = dynamic_pixels.repeat_interleave(s, -2).repeat_interleave(s, -1)
+            valid = valid.repeat_interleave(s, -2).repeat_interleave(s, -1)
         return FilterResult(
             keep=~empty & ~dynamic,
             dynamic=dynamic,
@@ -232,7 +250,7 @@ class TokenFilter:
         d = torch.where(valid, depth, torch.zeros_like(depth)).view(b * t, 1, height, width)[frames]
         grown = out[frames, None]
         inf = torch.full_like(d, float("inf"))
-        for _ in range(self.grow_pixels):
+        for _ in range(-(-self.grow_pixels // self.stride)):  # grow_pixels is in input pixels
             # Depth range [near, far] of the dynamic neighbours of every pixel, in one pooling.
             ranges = F.max_pool2d(torch.cat([-torch.where(grown, d, inf), torch.where(grown, d, -inf)], 1), 3, 1, 1)
             near, far = -ranges[:, :1], ranges[:, 1:]

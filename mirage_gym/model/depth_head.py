@@ -111,6 +111,7 @@ class DepthHead(ModelMixin, ConfigMixin):
                 f"latents must be [N, {self.config.latent_channels}, h, w], got {tuple(latents.shape)}"
             )
         raw = latents.to(self.dtype) / self.config.latent_scale + self.config.latent_shift
+        raw = raw.contiguous(memory_format=torch.channels_last)  # ~1.4x faster convolutions on CPU
         features = self.trunk(self.conv_in(raw))
         token_logits = self.token_out(features)
         up = F.interpolate(token_logits, scale_factor=self.config.spatial_factor, mode="bilinear", align_corners=False)

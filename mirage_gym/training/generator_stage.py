@@ -73,18 +73,27 @@ def make_chunk_batch(
     history_keep: tuple[float, float],
     context_noise: float,
     generator: torch.Generator,
+    align: int = 1,
 ) -> ChunkBatch:
     """Pick a chunk, its context and a cache history in every clip, and read the cache for the chunk.
 
     Args:
         latents: ``[B, C, L, h, w]``; token_depth, keep: ``[B, L, h, w]``; cam_to_world: ``[B, L, 4, 4]``.
+        align: chunks start at multiples of ``align`` latent frames. Clips encoded chunk by chunk
+            with a temporal VAE (:mod:`.video_clips`) pass their chunk length, so a training chunk is
+            always one whole encoded chunk, as the sampler generates and decodes it.
     """
     b, c, n, h, w = latents.shape
     k, t = context_frames, chunk
     if n < k + t:
         raise ValueError(f"clips of {n} frames cannot hold {k} context frames and a chunk of {t}")
+    if align < 1:
+        raise ValueError(f"align must be >= 1, got {align}")
+    first, last = -(-k // align), (n - t) // align  # chunk starts first*align .. last*align
+    if last < first:
+        raise ValueError(f"clips of {n} frames hold no chunk of {t} aligned to {align} after {k} context frames")
     device = latents.device
-    start = int(torch.randint(k, n - t + 1, (1,), generator=generator))
+    start = align * int(torch.randint(first, last + 1, (1,), generator=generator))
     chunk_frames = torch.arange(start, start + t, device=device)
     context_idx = torch.arange(start - k, start, device=device)
     context = latents[:, :, context_idx]
@@ -138,7 +147,7 @@ def flow_matching_loss(
     s = sigmas.view(b, 1, 1, 1, 1)
     noisy = (1 - s) * batch.target + s * noise
     latents, conditioning = chunk_inputs(batch.context, noisy, batch.cache, batch.mask, batch.poses, latent_intrinsics)
-    frame_t = torch.cat([torch.zeros(b, k), (sigmas * num_train_timesteps)[:, None].expand(b, t)], dim=1)
+    frame_t = torch.cat([sigmas.new_zeros(b, k), (sigmas * num_train_timesteps)[:, None].expand(b, t)], dim=1)
     prompt = empty_prompt_embeds(transformer, b, device=latents.device)
     flow = predict_flow(transformer, latents, conditioning, frame_t.to(latents.device), prompt)
     return F.mse_loss(flow[:, :, k:], noise - batch.target)
@@ -232,6 +241,9 @@ def train_generator(
     bar.close()
     writer.close()
     transformer.eval()
+    # Stage 1 may have gone on refining its decoder and depth head on the frozen encoder while
+    # this stage trained (the latents are the same): ship its parts as they are now.
+    vae, head = load_stage1(stage1, device)
     export(config, transformer, vae, head, out / "model")
     stats["wall_time_s"] = state.elapsed()
     return stats

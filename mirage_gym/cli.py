@@ -17,12 +17,14 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "mirage_gym.demo", "roll out a scene and write a video (the README's first command)"),
     (("train", "vae"), "mirage_gym.training.vae_stage", "stage 1: train the autoencoder and depth head on ground-truth renders"),
     (("train", "generator"), "mirage_gym.training.generator_stage", "stage 2: train the widened Wan transformer (flow matching over the cache)"),
+    (("train", "lora"), "mirage_gym.training.lora_stage", "LoRA-tune a real Wan2.2 folder (with the widening and a depth head) on the rooms"),
     (("bench", "memory"), "mirage_gym.bench.memory", "LatentCache vs PointCloudMemory: time per chunk and bytes held"),
     (("bench", "render"), "mirage_gym.bench.render", "ground-truth renderer throughput (frames/s)"),
     (("bench", "filter"), "mirage_gym.bench.filter", "dynamic-token filter precision/recall against ground-truth moving objects"),
     (("eval",), "mirage_gym.eval.cli", "consistency metrics of a generator on held-out trajectories, per memory mode"),
     (("bench", "generator"), "mirage_gym.bench.generator", "end-to-end time per chunk and memory vs frames: latent, pixel, none"),
     (("bench", "env"), "mirage_gym.bench.env", "environment steps per second, single and batched"),
+    (("collect",), "mirage_gym.data.collect", "roll out vectorised envs into a resumable Minari dataset (local or Ray)"),
 ]
 
 GROUP_HELP = {

@@ -13,7 +13,10 @@ no step is wasted on a reset-only transition.
 
 Seeding: ``reset(seed=s)`` seeds sub-env ``i`` with ``s + i`` (or ``seed=[s0, s1, ...]``);
 each sub-env has its own ``np_random`` stream for rooms, start poses, goals and generation
-noise, so sub-env ``i`` behaves as a single env reset with the same seed.
+noise, so sub-env ``i`` behaves as a single env reset with the same seed. With
+``options={"reset_mask": mask}`` a seed reseeds only the masked sub-envs (``s + i`` for an int,
+one seed per masked sub-env for a list), so an episode can be given its own seed whichever
+sub-env runs it (what dataset collection needs to be independent of the slot).
 """
 
 from __future__ import annotations
@@ -62,20 +65,24 @@ class _MirageVectorEnv(VectorEnv):
     def generator(self):
         return self.simulator.generator
 
-    def _seed(self, seed: int | Sequence[int | None] | None) -> None:
-        """Per-sub-env generators: ``s + i`` for an int, one entry per sub-env for a list (``None``: fresh)."""
+    def _seeds(self, seed: int | Sequence[int | None] | None, indices: Sequence[int]) -> list[int | None]:
+        """The seeds of sub-envs ``indices``: ``s + i`` for an int, one entry each for a list (``None``: fresh)."""
         if seed is None:
-            seeds: list[int | None] = [None] * self.num_envs
-        elif isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"seed must be an int or a list of {self.num_envs} seeds, got {len(seeds)}")
-        rngs = [seeding.np_random(s)[0] for s in seeds]
-        if self._rngs is None or seed is not None:
-            self._rngs = rngs
-        self._np_random, self._np_random_seed = seeding.np_random(seeds[0])
+            return [None] * len(indices)
+        if isinstance(seed, (int, np.integer)):
+            return [int(seed) + i for i in indices]
+        seeds = list(seed)
+        if len(seeds) != len(indices):
+            raise ValueError(f"seed must be an int or a list of {len(indices)} seeds (one per reset sub-env), got "
+                             f"{len(seeds)}")
+        return seeds
+
+    def _seeded(self, seeds: list[int | None], indices: Sequence[int]) -> list[np.random.Generator]:
+        """The sub-env generators after seeding ``indices`` with ``seeds`` (a new list; nothing is changed yet)."""
+        rngs = list(self._rngs) if self._rngs is not None else [seeding.np_random()[0] for _ in range(self.num_envs)]
+        for i, s in zip(indices, seeds):
+            rngs[i] = seeding.np_random(s)[0]
+        return rngs
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
         options = dict(options or {})
@@ -89,11 +96,12 @@ class _MirageVectorEnv(VectorEnv):
                                  f"{mask.dtype} {list(mask.shape)}")
             indices = np.flatnonzero(mask).tolist()
         self.simulator.check_options(options, len(indices))
-        if seed is not None and mask is not None:
-            raise ValueError("give seed only when resetting all sub-environments (no reset_mask)")
-        if seed is not None or self._rngs is None:
-            self._seed(seed)
-        obs, infos = self.simulator.reset(indices, [self._rngs[i] for i in indices], options)
+        seeds = self._seeds(seed, indices)  # validated before anything changes
+        rngs = self._seeded(seeds, indices) if seed is not None or self._rngs is None else self._rngs
+        obs, infos = self.simulator.reset(indices, [rngs[i] for i in indices], options)
+        self._rngs = rngs
+        if seed is not None and len(indices) == self.num_envs:
+            self._np_random, self._np_random_seed = seeding.np_random(seeds[0])
         self._elapsed[indices] = 0
         if mask is not None:  # untouched sub-envs keep their last observation, as Gymnasium's vector envs do
             full = {key: np.array(value) for key, value in self._last_obs.items()}

@@ -60,6 +60,7 @@ __all__ = [
     "LoadedComponents",
     "add_lora",
     "encode_prompt",
+    "lora_parameters",
     "load_components",
     "save_components",
 ]
@@ -209,6 +210,35 @@ def add_lora(
     transformer.add_adapter(config, adapter_name=ADAPTER)
     transformer.patch_embedding.requires_grad_(True)
     return config
+
+
+def lora_parameters(
+    transformer: WanTransformer3DModel, *, patch_embedding: str = "extra"
+) -> dict[str, torch.nn.Parameter]:
+    """The parameters a Mirage LoRA fine-tune trains, by name; every other parameter is frozen.
+
+    They are the ``"mirage"`` adapter's LoRA matrices (see :func:`add_lora`) and the widened
+    patch embedding: with ``patch_embedding="all"`` its whole weight and bias; with
+    ``"extra"`` its weight only (the trainer keeps the checkpoint's own input channels,
+    ``weight[:, :C]``, fixed by zeroing their gradients) and no bias, so the base model's
+    response to the noisy latents is changed by the LoRA alone. Exactly these are saved in a
+    Mirage LoRA folder (the patch embedding whole), so they are what a resumable
+    checkpoint needs.
+    """
+    if patch_embedding not in ("extra", "all"):
+        raise ValueError(f"patch_embedding must be 'extra' or 'all', got {patch_embedding!r}")
+    if not _has_lora(transformer):
+        raise ValueError(f"the transformer carries no {ADAPTER!r} LoRA adapter: call add_lora first")
+    input_layout(transformer)  # the patch embedding must be widened
+    trainable = {}
+    for name, param in transformer.named_parameters():
+        parts = name.split(".")
+        is_lora = ADAPTER in parts and any(part.startswith("lora_") for part in parts)
+        is_input = name == "patch_embedding.weight" or (name == "patch_embedding.bias" and patch_embedding == "all")
+        param.requires_grad_(is_lora or is_input)
+        if is_lora or is_input:
+            trainable[name] = param
+    return trainable
 
 
 def _has_lora(transformer: WanTransformer3DModel) -> bool:

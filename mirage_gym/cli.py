@@ -25,6 +25,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("bench", "generator"), "mirage_gym.bench.generator", "end-to-end time per chunk and memory vs frames: latent, pixel, none"),
     (("bench", "env"), "mirage_gym.bench.env", "environment steps per second, single and batched"),
     (("collect",), "mirage_gym.data.collect", "roll out vectorised envs into a resumable Minari dataset (local or Ray)"),
+    (("play",), "mirage_gym.play.server", "drive the camera through a generated scene in the browser"),
 ]
 
 GROUP_HELP = {

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="frame size (default: the config's)")
     parser.add_argument("--chunk", type=int, default=None, help="frames per chunk (default: the config's)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
+    parser.add_argument("--cache-guidance", type=float, default=None,
+                        help="hold cached cells to the cache while denoising, 0-1 (default: the model's)")
     parser.add_argument("--moving-objects", type=int, default=2, help="moving boxes in the random-walk rooms")
     parser.add_argument("--seed", type=int, default=0, help="trajectory and noise seed")
     parser.add_argument("--device", default="cpu", help="torch device of the generator")
@@ -53,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     out = results_folder(args.out)
     generator = load_generator(args.generator, memory="latent", num_inference_steps=args.steps, device=args.device,
                                frame_time=config.frame_time)
+    if args.cache_guidance is not None:
+        if not 0.0 <= args.cache_guidance <= 1.0:
+            raise ValueError(f"--cache-guidance must be in [0, 1], got {args.cache_guidance}")
+        if not hasattr(generator, "cache_guidance"):
+            raise ValueError(f"--cache-guidance needs a generative model, not {args.generator!r}")
+        generator.cache_guidance = args.cache_guidance
     name = str(args.generator)
     print(f"evaluating {name} ({type(generator).__name__}) at {config.resolution}x{config.resolution}, chunks of "
           f"{config.chunk}, modes {list(config.modes)}, rooms from the held-out seeds", flush=True)

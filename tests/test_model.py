@@ -246,6 +246,19 @@ def test_full_cache_guidance_ends_cached_cells_on_the_cache() -> None:
         make_generator(cache_guidance=1.5)
 
 
+@pytest.mark.parametrize("rewrite", [False, True])
+def test_cells_read_from_the_cache_are_not_written_back_by_default(rewrite: bool) -> None:
+    images, poses, k = scene_inputs(2)
+    gen = make_generator("latent", rewrite_cached=rewrite)
+    gen.start(images, poses, k)
+    before = [t.clone() for t in gen.memory_store.points()]
+    out = gen.step(poses[:, None].repeat(1, 2, 1, 1), seeds(0, 1))  # the start pose: every cell is cached
+    assert out.cache_mask.all()
+    after = gen.memory_store.points()
+    unchanged = all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert unchanged != rewrite  # remembered surfaces stay put unless rewriting is asked for
+
+
 def test_sampler_spaces_its_steps_evenly_before_the_shift() -> None:
     gen = make_generator(num_inference_steps=3)
     gen._set_timesteps()
@@ -278,12 +291,12 @@ def test_resetting_one_scene_leaves_the_others() -> None:
     new_images, new_poses, _ = scene_inputs(1, seed=5)
     reference = make_generator()
     reference.start(images, poses, k)
-    reference.step(chunk_poses(poses, 2), seeds(0, 1))
+    reference.step(chunk_poses(poses, 2, step=1.0), seeds(0, 1))  # far enough to add tokens the start did not cover
     expected = reference.step(chunk_poses(poses, 2, step=0.1), seeds(2, 3))
 
     gen = make_generator()
     gen.start(images, poses, k)
-    gen.step(chunk_poses(poses, 2), seeds(0, 1))
+    gen.step(chunk_poses(poses, 2, step=1.0), seeds(0, 1))
     bytes_before = gen.memory_bytes()
     gen.start(new_images, new_poses, k, scenes=[1])
     after = gen.memory_bytes()

@@ -22,7 +22,7 @@ from mirage_gym.training.generator_stage import (
 )
 from mirage_gym.training.latent_clips import LatentClips
 from mirage_gym.training.loop import CHECKPOINT
-from mirage_gym.training.vae_stage import evaluate_stage1, load_stage1, train_vae
+from mirage_gym.training.vae_stage import _losses, evaluate_stage1, load_stage1, train_vae
 
 TINY = Path(__file__).parent / "configs" / "tiny.json"
 
@@ -85,6 +85,15 @@ def test_frozen_encoder_keeps_latents_and_calibration(tmp_path, config):
     assert (final["shift_factor"], final["scaling_factor"]) == (at_freeze["shift_factor"], at_freeze["scaling_factor"])
     # ...while the depth head kept learning.
     assert any(not torch.equal(v, head_at_freeze[k]) for k, v in head.state_dict().items())
+    # The depth the training loss scores is the depth the generator gets from the exported parts
+    # (the head is calibrated now: it must be fed normalised latents in training too).
+    frames = torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    token_gt = torch.full((2, 4, 4), 2.0)
+    pixel_gt = torch.full((2, 32, 32), 2.0)
+    hp = {**config["train_vae"], "latent_noise": 0.0}
+    _, stats, _, _ = _losses(vae.vae, head, vae.vae.encoder(frames[:, 0]), frames[:, 0], pixel_gt, token_gt, (0, 0, 4), hp)
+    inference = head(vae.encode(frames)[:, :, 0]).token_depth
+    assert stats["metrics/abs_rel_token"] == pytest.approx(((inference - 2.0).abs() / 2.0).mean().item(), rel=1e-4)
 
 
 def test_interrupted_clip_encoding_ends_with_the_same_clips(tmp_path, config, stage1):

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
     parser.add_argument("--cache-guidance", type=float, default=None,
                         help="hold cached cells to the cache while denoising, 0-1 (default: the model's)")
+    parser.add_argument("--rewrite-cached", action=argparse.BooleanOptionalAction, default=None,
+                        help="write back cells read from the memory too (default: the model's)")
     parser.add_argument("--moving-objects", type=int, default=2, help="moving boxes in the random-walk rooms")
     parser.add_argument("--seed", type=int, default=0, help="trajectory and noise seed")
     parser.add_argument("--device", default="cpu", help="torch device of the generator")
@@ -61,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(generator, "cache_guidance"):
             raise ValueError(f"--cache-guidance needs a generative model, not {args.generator!r}")
         generator.cache_guidance = args.cache_guidance
+    if args.rewrite_cached is not None:
+        if not hasattr(generator, "rewrite_cached"):
+            raise ValueError(f"--rewrite-cached needs a generative model, not {args.generator!r}")
+        generator.rewrite_cached = args.rewrite_cached
     name = str(args.generator)
     print(f"evaluating {name} ({type(generator).__name__}) at {config.resolution}x{config.resolution}, chunks of "
           f"{config.chunk}, modes {list(config.modes)}, rooms from the held-out seeds", flush=True)

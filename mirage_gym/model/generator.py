@@ -138,6 +138,10 @@ class MirageGenerator(nn.Module):
         context_frames: clean latent frames of the past that precede each chunk.
         cache_guidance: in ``[0, 1]``, how hard cached cells are held to the cache during
             denoising (see the module docstring); 0 leaves it to the model.
+        rewrite_cached: also write back the cells a chunk read from the latent cache. Off by
+            default: they are stored already, and rewriting them re-places the copied latents at
+            depths predicted in the new view, so depth errors would move remembered surfaces
+            around. (The pixel baseline always appends every frame, as the published methods do.)
         token_filter: decides which generated tokens are written back (default
             ``TokenFilter(stride=2)``: 10x cheaper than every pixel, at some recall on moving objects;
             see ``mirage-gym bench filter --stride``).
@@ -161,6 +165,7 @@ class MirageGenerator(nn.Module):
         cache_capacity: int = 200_000,
         context_frames: int = 2,
         cache_guidance: float = 0.0,
+        rewrite_cached: bool = False,
         token_filter: TokenFilter | None = None,
         prompt_embeds: Tensor | None = None,
     ) -> None:
@@ -229,6 +234,7 @@ class MirageGenerator(nn.Module):
         self.cache_capacity = cache_capacity
         self.context_frames = context_frames
         self.cache_guidance = float(cache_guidance)
+        self.rewrite_cached = bool(rewrite_cached)
         self.token_filter = token_filter if token_filter is not None else TokenFilter(stride=2)
         self.register_buffer("prompt_embeds", prompt_embeds.float(), persistent=False)
         # Where the checkpoint came from, for save_pretrained (set by from_pretrained).
@@ -614,6 +620,8 @@ class MirageGenerator(nn.Module):
         pixel_depth = latent_pixel_depth[:, owner]
         timer.lap("decode")
         keep = self.token_filter(rgb, pixel_depth, cam_to_world, self._intrinsics, latent_size=(h, w))
+        if not self.rewrite_cached and self.memory == "latent":  # the pixel baseline appends every frame, as published
+            keep = keep & ~mask[:, owner]
         timer.lap("filter")
         self._write(latents, token_depth, rgb, pixel_depth, cam_to_world, keep, torch.arange(b, device=self.device))
         timer.lap("write")

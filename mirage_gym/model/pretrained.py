@@ -74,7 +74,9 @@ PATCH_EMBEDDING = "patch_embedding.safetensors"
 FORMAT_FULL, FORMAT_LORA = "mirage", "mirage-lora"
 ADAPTER = "mirage"
 # Generator keyword arguments recorded in mirage_config.json, so a folder reproduces its sampler.
-GENERATOR_SETTINGS = ("memory", "num_inference_steps", "voxel_size", "cache_capacity", "context_frames", "cache_guidance")
+GENERATOR_SETTINGS = (
+    "memory", "num_inference_steps", "voxel_size", "cache_capacity", "context_frames", "cache_guidance", "rewrite_cached",
+)
 # Transformer config entries that a LoRA and a widened input layer depend on.
 BASE_SIGNATURE = (
     "num_layers",

@@ -256,6 +256,7 @@ def export(config: dict, transformer, vae: VideoVAE, head: DepthHead, folder: Pa
         transformer, vae, head, FlowMatchEulerDiscreteScheduler(shift=sampling["shift"]),
         num_inference_steps=sampling["num_inference_steps"], voxel_size=memory["voxel_size"],
         cache_capacity=memory["capacity"], context_frames=config["context_frames"],
+        cache_guidance=sampling.get("cache_guidance", 0.0),
     )
     return generator.save_pretrained(folder)
 

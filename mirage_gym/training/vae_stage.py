@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderTiny
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -78,7 +79,7 @@ def _losses(autoencoder, head, z, rgb, depth_gt, token_depth_gt, window: tuple[i
     x01, r01 = (x + 1) / 2, (recon + 1) / 2
     loss_l1 = F.l1_loss(recon, x)
     loss_ssim = (1 - ssim_map(r01, x01)).mean()
-    depth = head(z_noisy)
+    depth = head(_as_generator_latents(head, z_noisy))
     loss_tok = (depth.token_depth.log() - token_depth_gt.log()).abs().mean()
     loss_pix = (depth.pixel_depth.log() - depth_gt.log()).abs().mean()
     loss = loss_l1 + hp["ssim_weight"] * loss_ssim + hp["depth_weight"] * (loss_tok + loss_pix)
@@ -90,6 +91,15 @@ def _losses(autoencoder, head, z, rgb, depth_gt, token_depth_gt, window: tuple[i
         "metrics/latent_std": z.detach().std().item(),
     }
     return loss, stats, x, recon
+
+
+def _as_generator_latents(head: DepthHead, z: Tensor) -> Tensor:
+    """Raw encoder latents in the normalised space the generator hands the head (identity until calibrated).
+
+    Once the encoder is frozen its calibration is in the head's config, and the head undoes
+    it on its input: training must feed it what inference feeds it.
+    """
+    return (z - head.config.latent_shift) * head.config.latent_scale
 
 
 @torch.no_grad()

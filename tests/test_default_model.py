@@ -1,0 +1,51 @@
+"""The shipped default model: it is in the package, loads by name, runs MirageRoom-v0, and a damaged copy is named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import mirage_gym  # noqa: F401  (registers the envs)
+from mirage_gym.envs import generators
+from mirage_gym.model.generator import MirageGenerator
+from mirage_gym.training.config import load_config
+
+FOLDER = generators.default_weights_path()
+
+
+def test_default_weights_ship_small_and_match_the_default_config():
+    files = [p for p in FOLDER.rglob("*") if p.suffix in (".safetensors", ".json")]
+    assert sum(p.stat().st_size for p in files) < 50 * 2**20  # the issue's budget for shipped weights
+    gen = generators.load_generator("default")
+    assert isinstance(gen, MirageGenerator)
+    config = load_config("default")
+    assert gen.num_inference_steps == config["sampling"]["num_inference_steps"]
+    assert gen.context_frames == config["context_frames"]
+    assert gen.cache_guidance == config["sampling"]["cache_guidance"]
+    assert gen.transformer.config.num_layers == config["transformer"]["num_layers"]
+    assert gen.vae.latent_channels == config["vae"]["latent_channels"]
+
+
+def test_make_runs_the_default_model():
+    env = gym.make("MirageRoom-v0")  # generator="default" is what users meet first
+    obs, _ = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(np.array([0.0, 0.0, 1.0, 0.0], np.float32))
+    assert obs["rgb"].shape == (4, 128, 128, 3) and obs["rgb"].dtype == np.uint8
+    assert np.isfinite(obs["depth"]).all() and (obs["depth"] > 0).all()
+    assert info["memory_bytes"] > 0 and info["frames_generated"] == 4  # the start view is given, not generated
+    env.close()
+
+
+def test_corrupt_default_weights_are_named(tmp_path, monkeypatch):
+    copy = shutil.copytree(FOLDER, tmp_path / "default", ignore=shutil.ignore_patterns("*.pt"))
+    weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 1000])  # a truncated download or disk error
+    monkeypatch.setattr(generators, "default_weights_path", lambda: copy)
+    with pytest.raises(Exception, match="transformer"):
+        generators.load_generator("default")
+    config = json.loads((copy / "mirage_config.json").read_text())
+    assert config["format"] == "mirage"  # the rest of the folder is untouched

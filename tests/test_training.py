@@ -22,7 +22,7 @@ from mirage_gym.training.generator_stage import (
 )
 from mirage_gym.training.latent_clips import LatentClips
 from mirage_gym.training.loop import CHECKPOINT
-from mirage_gym.training.vae_stage import _losses, evaluate_stage1, load_stage1, train_vae
+from mirage_gym.training.vae_stage import _losses, chroma_ratio, evaluate_stage1, load_stage1, train_vae
 
 TINY = Path(__file__).parent / "configs" / "tiny.json"
 
@@ -57,6 +57,14 @@ def test_vae_stage_exports_calibrated_parts(stage1, config):
     # The held-out evaluation written at the end is the one evaluate_stage1 computes.
     saved = json.loads((stage1 / "stage1_eval.json").read_text())
     assert saved["psnr"] == pytest.approx(evaluate_stage1(config, stage1)["psnr"], abs=1e-4)
+
+
+def test_chroma_ratio_tells_grey_from_colour():
+    colour = torch.rand(2, 3, 16, 16) * 2 - 1
+    grey = colour.mean(dim=1, keepdim=True).expand_as(colour)
+    assert chroma_ratio(colour, colour).item() == pytest.approx(1.0)
+    assert chroma_ratio(grey, colour).item() == pytest.approx(0.0, abs=1e-6)
+    assert 0.4 < chroma_ratio(0.5 * colour + 0.5 * grey, colour).item() < 0.6
 
 
 def test_vae_stage_resumes_from_checkpoint(tmp_path, config):

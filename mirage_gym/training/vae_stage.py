@@ -46,7 +46,7 @@ from mirage_gym.training.loop import (
     stage_settings,
 )
 
-__all__ = ["build_autoencoder", "build_depth_head", "train_vae", "load_stage1", "evaluate_stage1"]
+__all__ = ["build_autoencoder", "build_depth_head", "train_vae", "load_stage1", "evaluate_stage1", "chroma_ratio"]
 
 
 def build_autoencoder(config: dict) -> AutoencoderTiny:
@@ -89,8 +89,19 @@ def _losses(autoencoder, head, z, rgb, depth_gt, token_depth_gt, window: tuple[i
         "metrics/psnr": psnr(r01.detach(), x01).mean().item(),
         "metrics/abs_rel_token": ((depth.token_depth - token_depth_gt).abs() / token_depth_gt).mean().item(),
         "metrics/latent_std": z.detach().std().item(),
+        "metrics/chroma_ratio": chroma_ratio(recon.detach(), x).item(),
     }
     return loss, stats, x, recon
+
+
+def chroma_ratio(reconstruction: Tensor, target: Tensor) -> Tensor:
+    """Std of the reconstruction's chroma (RGB minus its grey level) over the target's: 1 keeps colour, 0 is grey.
+
+    PSNR and SSIM are dominated by luminance: an autoencoder that drops colour still scores
+    well on them, so stage 1 reports this too.
+    """
+    chroma = lambda x: x - x.mean(dim=-3, keepdim=True)  # noqa: E731
+    return chroma(reconstruction).std() / chroma(target).std().clamp(min=1e-6)
 
 
 def _as_generator_latents(head: DepthHead, z: Tensor) -> Tensor:
@@ -227,8 +238,8 @@ def load_stage1(folder: Path, device: torch.device) -> tuple[VideoVAE, DepthHead
 def evaluate_stage1(config: dict, folder: Path, *, frames: int = 64, seed: int = 0) -> dict[str, float]:
     """Reconstruction and depth quality of an exported stage 1 on held-out rooms, full frames.
 
-    Returns PSNR/SSIM of decode(encode(x)) against x, and abs-rel of the token and pixel
-    depth against ground truth, averaged over ``frames`` frames of rooms never used in training.
+    Returns PSNR/SSIM of decode(encode(x)) against x, how much colour survives
+    (:func:`chroma_ratio`), and abs-rel of the token and pixel depth against ground truth, averaged over ``frames`` frames of rooms never used in training.
     """
     from mirage_gym.metrics import abs_rel, ssim
     from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
@@ -248,6 +259,7 @@ def evaluate_stage1(config: dict, folder: Path, *, frames: int = 64, seed: int =
         "ssim": ssim(recon, target).mean().item(),
         "depth_abs_rel_token": abs_rel(depth.token_depth, batch.token_depth[:, 0]).mean().item(),
         "depth_abs_rel_pixel": abs_rel(depth.pixel_depth, batch.depth[:, 0]).mean().item(),
+        "chroma_ratio": chroma_ratio(recon, target).item(),
         "frames": frames,
     }
 

@@ -105,11 +105,10 @@ def test_frozen_encoder_keeps_latents_and_calibration(tmp_path, config):
 
 
 def test_interrupted_clip_encoding_ends_with_the_same_clips(tmp_path, config, stage1):
-    from mirage_gym.training.generator_stage import _shard_streams
-    from mirage_gym.training.latent_clips import SHARD, encode_clips
+    from mirage_gym.training.latent_clips import SHARD, encode_clips, shard_streams
 
     vae, head = load_stage1(stage1, torch.device("cpu"))
-    streams = _shard_streams(config, vae, (0, 1000), seed=3)
+    streams = shard_streams(config, vae.spatial_factor, (0, 1000), seed=3)
     args = dict(num_clips=6, clip_frames=4, chunk=2, clips_per_shard=2, progress=False)
     encode_clips(tmp_path / "whole", streams, vae, head, **args)
     encode_clips(tmp_path / "cut", streams, vae, head, **{**args, "num_clips": 2})  # stopped after one shard

@@ -36,8 +36,7 @@ from mirage_gym.model import DepthHead, VideoVAE
 from mirage_gym.model.generator import MirageGenerator
 from mirage_gym.model.transformer import build_transformer, chunk_inputs, empty_prompt_embeds, predict_flow
 from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET, load_config
-from mirage_gym.training.data import RoomStream
-from mirage_gym.training.latent_clips import LatentClips, encode_clips
+from mirage_gym.training.latent_clips import LatentClips, encode_clips, shard_streams
 from mirage_gym.training.vae_stage import load_stage1
 from mirage_gym.training.loop import (
     TrainState,
@@ -153,20 +152,6 @@ def flow_matching_loss(
     return F.mse_loss(flow[:, :, k:], noise - batch.target)
 
 
-def _shard_streams(config: dict, vae: VideoVAE, seeds: tuple[int, int], seed: int):
-    """Shard ``i``'s stream: its own seed and a small pool of its own rooms (a shard holds 32 clips)."""
-    data = config.get("data", {})
-
-    def make_stream(index: int) -> RoomStream:
-        return RoomStream(
-            resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=vae.spatial_factor,
-            room_seeds=seeds, pool_size=data.get("rooms_per_shard", 8),
-            moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed * 1_000_003 + index,
-        )
-
-    return make_stream
-
-
 def train_generator(
     config: dict,
     out: Path,
@@ -185,10 +170,10 @@ def train_generator(
     clip_frames, chunk, k = hp["clip_frames"], config["chunk"], config["context_frames"]
     data = config.get("data", {})
     train_seeds = tuple(data.get("train_room_seeds", (0, 100_000)))
-    encode_clips(out / "clips", _shard_streams(config, vae, train_seeds, seed), vae, head, num_clips=hp["num_clips"],
+    encode_clips(out / "clips", shard_streams(config, vae.spatial_factor, train_seeds, seed), vae, head, num_clips=hp["num_clips"],
                  clip_frames=clip_frames, chunk=chunk, progress=progress)
     val_seeds = (EVAL_ROOM_SEED_OFFSET + 500_000, EVAL_ROOM_SEED_OFFSET + 600_000)  # held out, apart from eval rooms
-    encode_clips(out / "val_clips", _shard_streams(config, vae, val_seeds, seed + 1), vae, head, num_clips=hp["val_clips"],
+    encode_clips(out / "val_clips", shard_streams(config, vae.spatial_factor, val_seeds, seed + 1), vae, head, num_clips=hp["val_clips"],
                  clip_frames=clip_frames, chunk=chunk, progress=progress)
     clips, val = LatentClips(out / "clips"), LatentClips(out / "val_clips")
     latent_k = scale_intrinsics(clips.intrinsics, 1.0 / vae.spatial_factor).to(device)

@@ -32,9 +32,39 @@ from mirage_gym.memory import TokenFilter
 from mirage_gym.model import DepthHead, VideoVAE
 from mirage_gym.training.data import RoomStream
 
-__all__ = ["encode_clips", "LatentClips"]
+__all__ = ["encode_clips", "LatentClips", "shard_streams", "write_shard", "load_shards"]
 
 SHARD = "shard_{:05d}.safetensors"
+
+
+def shard_streams(config: dict, latent_factor: int, seeds: tuple[int, int], seed: int) -> Callable[[int], RoomStream]:
+    """Shard ``i``'s stream: its own seed and a small pool of its own rooms (a shard holds 32 clips)."""
+    data = config.get("data", {})
+
+    def make_stream(index: int) -> RoomStream:
+        return RoomStream(
+            resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=latent_factor,
+            room_seeds=seeds, pool_size=data.get("rooms_per_shard", 8),
+            moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed * 1_000_003 + index,
+        )
+
+    return make_stream
+
+
+def write_shard(tensors: dict[str, Tensor], path: Path) -> None:
+    """Save a shard atomically (temporary file, then rename): a killed run never leaves half of one."""
+    tmp = path.with_suffix(".tmp")
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_shards(folder: Path) -> dict[str, Tensor]:
+    """Every shard of ``folder``, concatenated along clips (``intrinsics``, shared, from the first)."""
+    paths = sorted(folder.glob("shard_*.safetensors"))
+    if not paths:
+        raise ValueError(f"no encoded clips in {folder}")
+    parts = [load_file(str(p)) for p in paths]
+    return {key: parts[0][key] if key == "intrinsics" else torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
 @torch.no_grad()
@@ -79,15 +109,13 @@ def encode_clips(
             dim=1,
         )
         tensors = {
-            "latents": latents.transpose(1, 2).half().contiguous(),
-            "token_depth": token_depth.half().contiguous(),
-            "keep": keep.contiguous(),
-            "cam_to_world": clips.cam_to_world.contiguous(),
-            "intrinsics": clips.intrinsics.contiguous(),
+            "latents": latents.transpose(1, 2).half(),
+            "token_depth": token_depth.half(),
+            "keep": keep,
+            "cam_to_world": clips.cam_to_world,
+            "intrinsics": clips.intrinsics,
         }
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        write_shard(tensors, path)
     return folder
 
 
@@ -95,15 +123,9 @@ class LatentClips:
     """All shards of a folder in memory; ``sample`` draws a batch of whole clips."""
 
     def __init__(self, folder: Path) -> None:
-        paths = sorted(folder.glob("shard_*.safetensors"))
-        if not paths:
-            raise ValueError(f"no encoded clips in {folder}")
-        parts = [load_file(str(p)) for p in paths]
-        self.latents = torch.cat([p["latents"] for p in parts])
-        self.token_depth = torch.cat([p["token_depth"] for p in parts])
-        self.keep = torch.cat([p["keep"] for p in parts])
-        self.cam_to_world = torch.cat([p["cam_to_world"] for p in parts])
-        self.intrinsics = parts[0]["intrinsics"]
+        shards = load_shards(folder)
+        self.latents, self.token_depth, self.keep = shards["latents"], shards["token_depth"], shards["keep"]
+        self.cam_to_world, self.intrinsics = shards["cam_to_world"], shards["intrinsics"]
 
     def __len__(self) -> int:
         return self.latents.shape[0]

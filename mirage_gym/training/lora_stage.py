@@ -64,10 +64,9 @@ from mirage_gym.geometry import scale_intrinsics
 from mirage_gym.metrics import abs_rel
 from mirage_gym.model import DepthHead, MirageGenerator, VideoVAE
 from mirage_gym.model.pretrained import MIRAGE_CONFIG, LoadedComponents, add_lora, load_components, lora_parameters
-from mirage_gym.training.config import CONFIG_DIR, EVAL_ROOM_SEED_OFFSET
-from mirage_gym.training.data import RoomStream
+from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET, read_config_file
 from mirage_gym.training.generator_stage import ChunkBatch, flow_matching_loss, make_chunk_batch, sample_sigmas
-from mirage_gym.training.latent_clips import LatentClips
+from mirage_gym.training.latent_clips import LatentClips, shard_streams
 from mirage_gym.training.loop import (
     TrainState,
     add_common_arguments,
@@ -104,16 +103,7 @@ class LoraRun:
 
 def load_lora_config(name_or_path: str | Path) -> dict[str, Any]:
     """A LoRA config by shipped name (``"lora_default"``) or JSON path, with its base-independent checks."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.json"
-    if not path.is_file():
-        shipped = sorted(p.stem for p in CONFIG_DIR.glob("lora*.json"))
-        raise ValueError(f"config {str(name_or_path)!r} not found (no file {path}); shipped LoRA configs: {shipped}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"config file {path} is not valid JSON: {err}") from err
+    config, path = read_config_file(name_or_path, shipped="lora*.json", kind="LoRA ")
     _check_config(config, f"config file {path}")
     return config
 
@@ -204,19 +194,6 @@ def _check_run_folder(out: Path, signature: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- data
 
 
-def _streams(config: dict[str, Any], vae: VideoVAE, seeds: tuple[int, int], seed: int):
-    data = config.get("data", {})
-
-    def make_stream(index: int) -> RoomStream:
-        return RoomStream(
-            resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=vae.spatial_factor,
-            room_seeds=seeds, pool_size=data.get("rooms_per_shard", 8),
-            moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed * 1_000_003 + index,
-        )
-
-    return make_stream
-
-
 # ---------------------------------------------------------------------- depth head
 
 
@@ -289,8 +266,8 @@ def _prepare_data(
     train_seeds = tuple(config.get("data", {}).get("train_room_seeds", (0, 100_000)))
     val_seeds = (EVAL_ROOM_SEED_OFFSET + 500_000, EVAL_ROOM_SEED_OFFSET + 600_000)  # held out, apart from eval rooms
     sources = {
-        "clips": (_streams(config, vae, train_seeds, seed), clips_hp["num_clips"]),
-        "val_clips": (_streams(config, vae, val_seeds, seed + 1), clips_hp["val_clips"]),
+        "clips": (shard_streams(config, vae.spatial_factor, train_seeds, seed), clips_hp["num_clips"]),
+        "val_clips": (shard_streams(config, vae.spatial_factor, val_seeds, seed + 1), clips_hp["val_clips"]),
     }
     for name, (streams, count) in sources.items():
         encode_video_clips(out / f"raw_{name}", streams, vae, num_clips=count,

@@ -33,19 +33,18 @@ interrupted run resumes at the first missing shard with the clips it would have 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mirage_gym.memory import TokenFilter
 from mirage_gym.model import DepthHead, VideoVAE
 from mirage_gym.training.data import RoomStream
-from mirage_gym.training.latent_clips import SHARD
+from mirage_gym.training.latent_clips import SHARD, load_shards, write_shard
 
 __all__ = [
     "RawVideoClips",
@@ -78,12 +77,6 @@ def _check_temporal(vae: VideoVAE, chunk_frames: int, chunks: int) -> int:
 def _chunks(x: Tensor, chunks: int) -> Tensor:
     """``[B, chunks * T, ...]`` -> ``[B * chunks, T, ...]``."""
     return x.unflatten(1, (chunks, -1)).flatten(0, 1)
-
-
-def _write_shard(tensors: dict[str, Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -124,7 +117,7 @@ def encode_video_clips(
         def per_latent_frame(x: Tensor) -> Tensor:
             return _chunks(x, chunks)[:, pick].unflatten(0, (-1, chunks)).flatten(1, 2)
 
-        _write_shard(
+        write_shard(
             {
                 "latents": latents.half(),
                 "cam_to_world": per_latent_frame(clips.cam_to_world),
@@ -141,15 +134,10 @@ class RawVideoClips:
     """All raw shards of a folder in memory (see :func:`encode_video_clips`)."""
 
     def __init__(self, folder: Path) -> None:
-        paths = sorted(folder.glob("shard_*.safetensors"))
-        if not paths:
-            raise ValueError(f"no encoded clips in {folder}")
-        parts = [load_file(str(p)) for p in paths]
-        self.latents = torch.cat([p["latents"] for p in parts])
-        self.cam_to_world = torch.cat([p["cam_to_world"] for p in parts])
-        self.depth_token = torch.cat([p["depth_token"] for p in parts])
-        self.depth_pixel = torch.cat([p["depth_pixel"] for p in parts])
-        self.intrinsics = parts[0]["intrinsics"]
+        shards = load_shards(folder)
+        self.latents, self.cam_to_world = shards["latents"], shards["cam_to_world"]
+        self.depth_token, self.depth_pixel = shards["depth_token"], shards["depth_pixel"]
+        self.intrinsics = shards["intrinsics"]
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -221,7 +209,7 @@ def annotate_video_clips(
             clip_poses = poses[clip * chunks : (clip + 1) * chunks].to(device)
             mask = token_filter(rgb, pixel_depth, clip_poses, clips.intrinsics, latent_size=(h, w))
             keep.append(mask[:, pick.to(device)].reshape(length, h, w).cpu())
-        _write_shard(
+        write_shard(
             {
                 "latents": raw["latents"],
                 "token_depth": torch.stack(token_depth),

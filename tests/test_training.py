@@ -22,7 +22,7 @@ from mirage_gym.training.generator_stage import (
 )
 from mirage_gym.training.latent_clips import LatentClips
 from mirage_gym.training.loop import CHECKPOINT
-from mirage_gym.training.vae_stage import _losses, chroma_ratio, evaluate_stage1, load_stage1, train_vae
+from mirage_gym.training.vae_stage import _losses, chroma_ratio, colour_l1, evaluate_stage1, load_stage1, train_vae
 
 TINY = Path(__file__).parent / "configs" / "tiny.json"
 
@@ -65,6 +65,20 @@ def test_chroma_ratio_tells_grey_from_colour():
     assert chroma_ratio(colour, colour).item() == pytest.approx(1.0)
     assert chroma_ratio(grey, colour).item() == pytest.approx(0.0, abs=1e-6)
     assert 0.4 < chroma_ratio(0.5 * colour + 0.5 * grey, colour).item() < 0.6
+
+
+def test_colour_l1_weights_chroma_apart_from_luma():
+    colour = torch.rand(2, 3, 16, 16) * 2 - 1
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey = (colour * luma).sum(dim=1, keepdim=True).expand_as(colour)
+    assert colour_l1(colour, colour, 6.0).item() == 0.0
+    # Grey frames of the same luma differ only in chroma: the loss scales with its weight...
+    assert colour_l1(grey, colour, 6.0).item() == pytest.approx(6 * colour_l1(grey, colour, 1.0).item(), rel=1e-5)
+    assert colour_l1(grey, colour, 0.0).item() == pytest.approx(0.0, abs=1e-6)
+    # ...while a pure brightness error is luma only, whatever the chroma weight.
+    brighter = colour + 0.2
+    assert colour_l1(brighter, colour, 6.0).item() == pytest.approx(0.2, rel=1e-4)
+    assert colour_l1(brighter, colour, 0.0).item() == pytest.approx(0.2, rel=1e-4)
 
 
 def test_vae_stage_resumes_from_checkpoint(tmp_path, config):

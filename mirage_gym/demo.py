@@ -49,6 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=128, help="frame size (the model's)")
     parser.add_argument("--chunk", type=int, default=4, help="frames per step (the model's)")
     parser.add_argument("--fps", type=int, default=12)
+    parser.add_argument("--strip", default=None, help="also write a PNG of five key frames, top to bottom "
+                        "(start, half turn, full turn, walked out, back), as in the README")
+
+
+def key_frames(turn_steps: int, walk_steps: int, chunk: int) -> list[int]:
+    """Video frame indices of the start, the half turn, the full turn, the end of the walk out and the return."""
+    steps = [0, turn_steps // 2, turn_steps, turn_steps + walk_steps, 2 * walk_steps + turn_steps + turn_steps // 2]
+    return [chunk * s for s in steps]  # video frame 0 is the start view, then ``chunk`` frames a step
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     env.close()
     path = write_video(Path(args.out), np.stack(frames), fps=args.fps)
+    if args.strip:
+        import imageio.v3 as iio
+
+        keys = [min(i, len(frames) - 1) for i in key_frames(args.turn_steps, args.walk_steps, args.chunk)]
+        iio.imwrite(args.strip, np.concatenate([frames[i] for i in keys], axis=0))
     print(f"MirageRoom-v0, generator {args.generator!r}, memory {args.memory}, room {args.room_seed}: "
           f"{len(step_times)} steps, {len(frames)} frames in {elapsed:.1f} s "
           f"(median step {1000 * float(np.median(step_times)):.0f} ms)")

@@ -11,6 +11,11 @@ gives two outputs that share one trunk:
   for the observations. It is the upsampled token depth plus a learned residual,
   so both agree where the surface is smooth.
 
+Monocular depth needs the whole view (where the floor meets the far wall), more than a
+stack of 3x3 convolutions at latent resolution sees. ``context_levels`` adds a small
+U-Net path: the trunk's features are halved ``context_levels`` times, each level refined
+by a residual block, and the coarse context is upsampled back and added level by level.
+
 The head reads latents in the space the generator works in, i.e. normalised by
 :class:`~mirage_gym.model.VideoVAE`. A head trained on the autoencoder's raw latents
 records that normalisation in ``latent_shift`` and ``latent_scale`` and undoes it first
@@ -61,6 +66,8 @@ class DepthHead(ModelMixin, ConfigMixin):
         spatial_factor: pixels per latent cell (a power of two).
         hidden_channels: width of the trunk at latent resolution.
         num_blocks: residual blocks in the trunk.
+        context_levels: stride-2 levels of the U-Net context path (0: none, the first
+            default model's head).
         min_depth, max_depth: the depth range in metres.
         latent_shift, latent_scale: the normalisation of the latents it is given, undone
             before the first layer (0 and 1: it reads them as they come).
@@ -73,6 +80,7 @@ class DepthHead(ModelMixin, ConfigMixin):
         spatial_factor: int = 8,
         hidden_channels: int = 64,
         num_blocks: int = 3,
+        context_levels: int = 0,
         min_depth: float = 0.05,
         max_depth: float = 20.0,
         latent_shift: float = 0.0,
@@ -83,10 +91,17 @@ class DepthHead(ModelMixin, ConfigMixin):
             raise ValueError(f"spatial_factor must be a power of two, got {spatial_factor}")
         if not 0 < min_depth < max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth} and {max_depth}")
+        if context_levels < 0:
+            raise ValueError(f"context_levels must be >= 0, got {context_levels}")
         if not latent_scale > 0:
             raise ValueError(f"latent_scale must be positive, got {latent_scale}")
         self.conv_in = nn.Conv2d(latent_channels, hidden_channels, 3, padding=1)
         self.trunk = nn.Sequential(*[_ResBlock(hidden_channels) for _ in range(num_blocks)])
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(hidden_channels, hidden_channels, 3, stride=2, padding=1), _ResBlock(hidden_channels))
+            for _ in range(context_levels)
+        )
+        self.up = nn.ModuleList(nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1) for _ in range(context_levels))
         self.token_out = nn.Conv2d(hidden_channels, 1, 1)
         # Pixel refinement: x2 upsampling stages, halving the width each time (min 16).
         stages = []
@@ -104,6 +119,16 @@ class DepthHead(ModelMixin, ConfigMixin):
         lo, hi = math.log(self.config.min_depth), math.log(self.config.max_depth)
         return torch.exp(lo + (hi - lo) * torch.sigmoid(logits))
 
+    def _add_context(self, features: Tensor) -> Tensor:
+        levels = [features]
+        for down in self.down:
+            levels.append(down(levels[-1]))
+        context = levels.pop()
+        for up in reversed(self.up):
+            skip = levels.pop()
+            context = skip + up(F.silu(F.interpolate(context, size=skip.shape[-2:], mode="nearest")))
+        return context
+
     def forward(self, latents: Tensor, return_dict: bool = True) -> DepthHeadOutput | tuple[Tensor, Tensor]:
         """``latents`` ``[N, C, h, w]`` -> token depth ``[N, h, w]`` and pixel depth ``[N, H, W]`` (metres)."""
         if latents.dim() != 4 or latents.shape[1] != self.config.latent_channels:
@@ -113,6 +138,8 @@ class DepthHead(ModelMixin, ConfigMixin):
         raw = latents.to(self.dtype) / self.config.latent_scale + self.config.latent_shift
         raw = raw.contiguous(memory_format=torch.channels_last)  # ~1.4x faster convolutions on CPU
         features = self.trunk(self.conv_in(raw))
+        if self.config.context_levels:
+            features = self._add_context(features)
         token_logits = self.token_out(features)
         up = F.interpolate(token_logits, scale_factor=self.config.spatial_factor, mode="bilinear", align_corners=False)
         pixel_logits = up + self.pixel_out(self.upsample(features))

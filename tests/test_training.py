@@ -216,3 +216,53 @@ def test_depth_head_reads_the_normalised_latents_the_generator_uses(stage1):
     as_trained.load_state_dict(head.state_dict())
     expected = as_trained(raw).token_depth
     assert torch.allclose(head(vae.encode(frames)[:, :, 0]).token_depth, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_depth_stage_trains_its_own_head_and_exports_a_stage1_folder(tmp_path, config, stage1):
+    from mirage_gym.training.depth_stage import FRAMES_FILE, train_depth
+
+    out = tmp_path / "depth"
+    train_depth(config, stage1, out, steps=2, progress=False)
+    assert torch.load(out / CHECKPOINT, weights_only=False)["train_state"]["step"] == 2
+    frames_at_two = torch.load(out / FRAMES_FILE)["latents"]
+    train_depth(config, stage1, out, progress=False)  # resumes at 2, ends at 4, frames not re-rendered
+    state = torch.load(out / CHECKPOINT, weights_only=False)
+    assert state["train_state"]["step"] == 4 and state["scheduler"]["last_epoch"] == 4
+    assert torch.equal(torch.load(out / FRAMES_FILE)["latents"], frames_at_two)
+    # The frames are the frozen encoder's (normalised) latents, so the new head reads them as they come.
+    vae, head = load_stage1(out, torch.device("cpu"))
+    assert head.config.context_levels == 1 and head.config.latent_scale == 1.0
+    old_vae, _ = load_stage1(stage1, torch.device("cpu"))
+    images = torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    assert torch.equal(vae.encode(images), old_vae.encode(images))
+    assert json.loads((out / "stage1_eval.json").read_text())["steps"] == 4
+
+
+def test_depth_stage_loss_falls_on_its_frames(tmp_path, config, stage1):
+    from mirage_gym.training.depth_stage import FRAMES_FILE, depth_loss, train_depth
+
+    out = tmp_path / "depth"
+    hp = {**config["train_depth"], "lr": 3e-3, "latent_noise": 0.0, "warmup": 1}
+    train_depth({**config, "train_depth": hp}, stage1, out, steps=1, progress=False)
+    frames = torch.load(out / FRAMES_FILE)
+    args = (frames["latents"].float(), frames["depth"].float(), frames["token_depth"].float())
+    before = depth_loss(load_stage1(out, torch.device("cpu"))[1], *args).item()
+    train_depth({**config, "train_depth": hp}, stage1, out, steps=100, progress=False)
+    after = depth_loss(load_stage1(out, torch.device("cpu"))[1], *args).item()
+    assert after < 0.9 * before, (before, after)
+
+
+def test_depth_stage_without_stage1_names_the_folder(tmp_path, config):
+    from mirage_gym.training.depth_stage import train_depth
+
+    with pytest.raises(ValueError, match="no stage-1 export"):
+        train_depth(config, tmp_path / "missing", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_without_the_stage_says_so(tmp_path, config, stage1):
+    from mirage_gym.training.depth_stage import train_depth
+
+    without = {k: v for k, v in config.items() if k != "train_depth"}
+    with pytest.raises(ValueError, match="no 'train_depth' section"):
+        train_depth(without, stage1, tmp_path / "out", progress=False)

@@ -50,6 +50,8 @@ def stage_settings(
     config: dict, stage: str, steps: int | None, batch_size: int | None, seed: int | None
 ) -> tuple[dict, int, int, int]:
     """A stage's hyperparameters with the command-line overrides applied; seeds torch."""
+    if stage not in config:
+        raise ValueError(f"config {config.get('name', '?')!r} has no {stage!r} section: it does not train this stage")
     hp = config[stage]
     seed = hp["seed"] if seed is None else seed
     torch.manual_seed(seed)

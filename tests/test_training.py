@@ -266,3 +266,20 @@ def test_a_config_without_the_stage_says_so(tmp_path, config, stage1):
     without = {k: v for k, v in config.items() if k != "train_depth"}
     with pytest.raises(ValueError, match="no 'train_depth' section"):
         train_depth(without, stage1, tmp_path / "out", progress=False)
+
+
+def test_depth_stage_learns_from_the_generators_own_latents(tmp_path, config, stage1, stage2):
+    from mirage_gym.training.depth_stage import FRAMES_FILE, GENERATED_FILE, train_depth
+
+    out = tmp_path / "depth"
+    train_depth(config, stage1, out, generator=stage2 / "model", steps=2, progress=False)
+    generated, encoded = torch.load(out / GENERATED_FILE), torch.load(out / FRAMES_FILE)
+    assert generated["latents"].shape[0] == config["train_depth"]["generated_frames"]
+    assert generated["latents"].shape[1:] == encoded["latents"].shape[1:]
+    assert generated["depth"].shape[1:] == encoded["depth"].shape[1:]
+    assert (generated["depth"] > 0).all() and torch.isfinite(generated["latents"].float()).all()
+    # Generated latents are the model's inventions, not encodings of the frames they stand for.
+    assert not torch.equal(generated["latents"][:4], encoded["latents"][:4])
+    # A resumed run reuses them.
+    train_depth(config, stage1, out, generator=stage2 / "model", progress=False)
+    assert torch.equal(torch.load(out / GENERATED_FILE)["latents"], generated["latents"])

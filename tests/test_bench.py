@@ -142,3 +142,26 @@ def test_episode_memory_reports_rss_and_memory_along_one_episode():
     assert [r["step"] for r in rows] == [10, 50]
     assert all(r["rss_mib"] > 0 and r["memory_mib"] == 0.0 for r in rows)  # the oracle keeps no memory
     assert rows[-1]["coverage"] >= rows[0]["coverage"]
+
+
+def test_wan22_5b_timing_model_builds_and_steps_in_bf16(monkeypatch):
+    # The GPU benchmark's model (--arch wan2.2-5b) at toy widths on the CPU: the same layout
+    # (48-channel latents, patchified 16x Wan2.2 VAE, widened transformer, UniPC flow sampler),
+    # built, cast to bf16 and stepped, so the path a GPU run takes is exercised here too.
+    from mirage_gym.bench import generator as bench_generator
+
+    monkeypatch.setattr(bench_generator, "WAN22_5B_TRANSFORMER", {
+        **bench_generator.WAN22_5B_TRANSFORMER,
+        "num_attention_heads": 2, "attention_head_dim": 16, "text_dim": 32, "freq_dim": 16, "ffn_dim": 32, "num_layers": 1,
+    })
+    monkeypatch.setattr(bench_generator, "WAN22_VAE", {
+        **bench_generator.WAN22_VAE, "base_dim": 8, "decoder_base_dim": 8, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
+    })
+    gen = bench_generator.build_wan22_5b_generator(device="cpu", num_inference_steps=2)
+    assert gen.transformer.dtype == torch.bfloat16 and gen.latent_channels == 48
+    images = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    pose = torch.eye(4)[None]
+    gen.start(images, pose, intrinsics_from_fov(90.0, 32, 32))
+    out = gen.step(pose[:, None].repeat(1, 5, 1, 1), torch.Generator().manual_seed(0))
+    assert out.rgb.shape == (1, 5, 32, 32, 3) and out.latents.shape[1] == 48
+    assert torch.isfinite(out.depth).all()

@@ -57,3 +57,14 @@ def test_default_autoencoder_keeps_colour():
 
     held_out = evaluate_stage1(load_config("default"), FOLDER, frames=8)  # the folder is a stage-1 export too
     assert held_out["chroma_ratio"] > 0.6
+
+
+def test_default_depth_head_is_the_refined_one():
+    # The shipped head comes from `mirage-gym train depth` (context path, trained on encoded and
+    # generated latents); stage 1's own head scored 0.50 abs-rel on these held-out frames.
+    from mirage_gym.training.vae_stage import evaluate_stage1
+
+    gen = generators.load_generator("default")
+    assert gen.depth_head.config.context_levels > 0
+    held_out = evaluate_stage1(load_config("default"), FOLDER, frames=8)
+    assert held_out["depth_abs_rel_token"] < 0.42

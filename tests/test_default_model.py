@@ -61,10 +61,10 @@ def test_default_autoencoder_keeps_colour():
 
 def test_default_depth_head_is_the_refined_one():
     # The shipped head comes from `mirage-gym train depth` (context path, trained on encoded and
-    # generated latents); stage 1's own head scored 0.50 abs-rel on these held-out frames.
+    # generated latents): 0.235 abs-rel on these 8 held-out frames, where stage 1's own head scores 0.37.
     from mirage_gym.training.vae_stage import evaluate_stage1
 
     gen = generators.load_generator("default")
     assert gen.depth_head.config.context_levels > 0
     held_out = evaluate_stage1(load_config("default"), FOLDER, frames=8)
-    assert held_out["depth_abs_rel_token"] < 0.42
+    assert held_out["depth_abs_rel_token"] < 0.30

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # (command path, module, one-line help). Nested paths ("bench", "memory") become sub-subcommands.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "mirage_gym.demo", "roll out a scene and write a video (the README's first command)"),
+    (("train", "all"), "mirage_gym.training.pipeline", "every stage of a model in one resumable command (vae, generator, depth) -> OUT/model"),
     (("train", "vae"), "mirage_gym.training.vae_stage", "stage 1: train the autoencoder and depth head on ground-truth renders"),
     (("train", "depth"), "mirage_gym.training.depth_stage", "stage 1b: train the depth head alone on the frozen stage-1 latents"),
     (("train", "generator"), "mirage_gym.training.generator_stage", "stage 2: train the widened Wan transformer (flow matching over the cache)"),

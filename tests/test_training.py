@@ -283,3 +283,25 @@ def test_depth_stage_learns_from_the_generators_own_latents(tmp_path, config, st
     # A resumed run reuses them.
     train_depth(config, stage1, out, generator=stage2 / "model", progress=False)
     assert torch.equal(torch.load(out / GENERATED_FILE)["latents"], generated["latents"])
+
+
+def test_train_all_runs_every_stage_and_assembles_the_model(tmp_path, config):
+    from mirage_gym.cli import main
+
+    assert main(["train", "all", "--config", str(TINY), "--out", str(tmp_path)]) == 0
+    model = tmp_path / "model"
+    gen = MirageGenerator.from_pretrained(model)
+    # The model is stage 2's, with the depth stage's head in place of stage 1's.
+    assert gen.depth_head.config.context_levels == config["train_depth"]["head"]["context_levels"]
+    head = DepthHead.from_pretrained(tmp_path / "depth" / "depth_head")
+    for key, value in head.state_dict().items():
+        assert torch.equal(gen.depth_head.state_dict()[key], value), key
+    for stage, steps in (("vae", "train_vae"), ("generator", "train_generator"), ("depth", "train_depth")):
+        saved = torch.load(tmp_path / stage / CHECKPOINT, weights_only=False)
+        assert saved["train_state"]["step"] == config[steps]["steps"], stage
+    # Run again: nothing is trained twice, and the model folder is whole again.
+    before = torch.load(tmp_path / "generator" / CHECKPOINT, weights_only=False)["train_state"]["wall_time"]
+    assert main(["train", "all", "--config", str(TINY), "--out", str(tmp_path)]) == 0
+    after = torch.load(tmp_path / "generator" / CHECKPOINT, weights_only=False)["train_state"]["wall_time"]
+    assert after == before and not (tmp_path / "model.tmp").exists()
+    assert MirageGenerator.from_pretrained(model).depth_head.config.context_levels == 1

@@ -52,6 +52,7 @@ class EpisodeStats:
     coverage: list[float]
     success: list[float]
     lengths: list[int]
+    collisions: list[int]
 
     def row(self, name: str) -> str:
         def mean_std(values):
@@ -59,31 +60,34 @@ class EpisodeStats:
 
         success = f"{np.mean(self.success):6.2f}" if self.success else "   n/a"
         return (f"{name:<10} {mean_std(self.returns)}  {mean_std(self.coverage)}  {success}  "
-                f"{np.mean(self.lengths):6.1f}")
+                f"{np.mean(self.lengths):6.1f}  {mean_std(self.collisions)}")
 
 
-HEADER = f"{'policy':<10} {'return':>17}  {'coverage':>17}  {'success':>6}  {'length':>6}"
+HEADER = f"{'policy':<10} {'return':>17}  {'coverage':>17}  {'success':>6}  {'length':>6}  {'collisions':>17}"
 
 
 def run_episodes(venv: MirageVecEnv, act: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int,
                  seed: int) -> EpisodeStats:
     """Run ``episodes`` episodes (seeds ``seed, seed+1, ...``), ``venv.num_envs`` at a time."""
-    stats = EpisodeStats([], [], [], [])
+    stats = EpisodeStats([], [], [], [], [])
     n = venv.num_envs
     for first in range(0, episodes, n):
         venv.seed(seed + first)
         obs = venv.reset()
         running = np.zeros(n)
         steps = np.zeros(n, int)
+        bumps = np.zeros(n, int)
         active = np.arange(n) < episodes - first
         while active.any():
             obs, rewards, dones, infos = venv.step(act(obs))
             running += rewards
             steps += 1
+            bumps += [bool(info.get("collided", False)) for info in infos]
             for i in np.flatnonzero(dones & active):
                 stats.returns.append(float(running[i]))
                 stats.coverage.append(float(infos[i]["coverage"]))
                 stats.lengths.append(int(steps[i]))
+                stats.collisions.append(int(bumps[i]))
                 if "success" in infos[i]:
                     stats.success.append(float(infos[i]["success"]))
                 active[i] = False

@@ -4,8 +4,8 @@
         --model runs/ppo/MirageRoom-v0_oracle_seed0/best/best_model.zip --episodes 20
 
 Prints mean +- std of the episode return, the final coverage (fraction of the navigable floor
-seen), the success rate (Nav) and the episode length, for each policy. Without --model only the
-random agent is evaluated. Episode k of every policy uses seed --seed + k (same room, start and goal).
+seen), the success rate (Nav), the episode length and the collisions per episode, for each
+policy. Without --model only the random agent is evaluated. Episode k of every policy uses seed --seed + k (same room, start and goal).
 """
 
 from __future__ import annotations

@@ -78,6 +78,16 @@ class RoomStream:
         self._draws = 0
         self.pool = [self._new_room() for _ in range(pool_size)]
 
+    @classmethod
+    def for_training(cls, config: dict, latent_factor: int, seed: int) -> "RoomStream":
+        """The stream of a model config's training rooms (its ``data`` section)."""
+        data = config.get("data", {})
+        return cls(
+            resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=latent_factor,
+            room_seeds=tuple(data.get("train_room_seeds", (0, 100_000))), pool_size=data.get("rooms_in_pool", 32),
+            moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed,
+        )
+
     def _new_room(self) -> tuple:
         room_seed = int(self.rng.integers(*self.room_seeds))
         moving = int(self.rng.integers(1, 3)) if self.rng.random() < self.moving_objects_prob else 0

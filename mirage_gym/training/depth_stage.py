@@ -52,9 +52,10 @@ GENERATED_FILE = "generated.pt"
 
 
 def depth_loss(head: DepthHead, latents: torch.Tensor, depth: torch.Tensor, token_depth: torch.Tensor) -> torch.Tensor:
-    """``|log d - log d_gt|`` at the latent cells plus the same at the pixels."""
+    """``|log d - log d_gt|`` at the latent cells plus the same at the pixels (ground truth floored at 1 mm)."""
     out = head(latents)
-    return (out.token_depth.log() - token_depth.log()).abs().mean() + (out.pixel_depth.log() - depth.log()).abs().mean()
+    token = (out.token_depth.log() - token_depth.clamp(min=1e-3).log()).abs().mean()
+    return token + (out.pixel_depth.log() - depth.clamp(min=1e-3).log()).abs().mean()
 
 
 @torch.no_grad()
@@ -66,12 +67,7 @@ def _encoded_frames(config: dict, stage1: Path, out: Path, count: int, seed: int
         if frames["latents"].shape[0] == count and frames.get("stage1") == str(stage1.resolve()):
             return frames
     vae, _ = load_stage1(stage1, device)
-    data = config.get("data", {})
-    stream = RoomStream(
-        resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=vae.spatial_factor,
-        room_seeds=tuple(data.get("train_room_seeds", (0, 100_000))), pool_size=data.get("rooms_in_pool", 32),
-        moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed,
-    )
+    stream = RoomStream.for_training(config, vae.spatial_factor, seed)
     parts: dict[str, list[torch.Tensor]] = {"latents": [], "depth": [], "token_depth": []}
     for start in tqdm(range(0, count, 64), desc="encode frames", disable=not progress, dynamic_ncols=True):
         batch = stream.frames(min(64, count - start))
@@ -94,12 +90,7 @@ def _generated_frames(config: dict, model: Path, out: Path, count: int, seed: in
     generator = MirageGenerator.from_pretrained(model).to(device)
     chunk, scenes = config["chunk"], 8
     length = 1 + 4 * chunk  # the start frame (given) and four generated chunks
-    data = config.get("data", {})
-    stream = RoomStream(
-        resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=generator.vae.spatial_factor,
-        room_seeds=tuple(data.get("train_room_seeds", (0, 100_000))), pool_size=data.get("rooms_in_pool", 32),
-        moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed + 1,
-    )
+    stream = RoomStream.for_training(config, generator.vae.spatial_factor, seed + 1)
     noise = torch.Generator(device=device).manual_seed(seed)
     parts: dict[str, list[torch.Tensor]] = {"latents": [], "depth": [], "token_depth": []}
     per_round = scenes * (length - 1)

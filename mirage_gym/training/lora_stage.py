@@ -65,6 +65,7 @@ from mirage_gym.metrics import abs_rel
 from mirage_gym.model import DepthHead, MirageGenerator, VideoVAE
 from mirage_gym.model.pretrained import MIRAGE_CONFIG, LoadedComponents, add_lora, load_components, lora_parameters
 from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET, read_config_file
+from mirage_gym.training.depth_stage import depth_loss
 from mirage_gym.training.generator_stage import ChunkBatch, flow_matching_loss, make_chunk_batch, sample_sigmas
 from mirage_gym.training.latent_clips import LatentClips, shard_streams
 from mirage_gym.training.loop import (
@@ -200,10 +201,7 @@ def _check_run_folder(out: Path, signature: dict[str, Any]) -> None:
 def _depth_loss(head: DepthHead, latents: Tensor, depth_token: Tensor, depth_pixel: Tensor, noise: float) -> Tensor:
     """``|log d - log d_gt|`` at the latent cells and at the pixels, on latents with a little noise."""
     sigma = noise * torch.rand(latents.shape[0], 1, 1, 1, device=latents.device) * latents.std()
-    out = head(latents + sigma * torch.randn_like(latents))
-    token = (out.token_depth.log() - depth_token.clamp(min=1e-3).log()).abs().mean()
-    pixel = (out.pixel_depth.log() - depth_pixel.clamp(min=1e-3).log()).abs().mean()
-    return token + pixel
+    return depth_loss(head, latents + sigma * torch.randn_like(latents), depth_pixel, depth_token)
 
 
 def _train_depth_head(

@@ -175,12 +175,7 @@ def train_vae(
     state = TrainState()
     if resume and load_checkpoint(out, state, modules, optimizer, scheduler):
         print(f"resumed {out} at step {state.step}")
-    data = config.get("data", {})
-    stream = RoomStream(
-        resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=head.config.spatial_factor,
-        room_seeds=tuple(data.get("train_room_seeds", (0, 100_000))), pool_size=data.get("rooms_in_pool", 32),
-        moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed * 1_000_003 + state.step,
-    )
+    stream = RoomStream.for_training(config, head.config.spatial_factor, seed * 1_000_003 + state.step)
     factor = head.config.spatial_factor
     crop_cells = hp.get("crop", config["resolution"]) // factor
     crop_rng = torch.Generator().manual_seed(seed * 7919 + state.step)

@@ -170,7 +170,7 @@ def test_coverage_reward_counts_new_floor_once():
         total += reward
         coverages.append(info["coverage"])
         assert reward >= 0.0
-    covered = env.simulator.subenv(0).covered
+    covered = env.simulator.subenv(0).task_state.coverage.covered
     start_cells = covered.sum() - total / env.scene.grid_cell**2
     assert start_cells > 0 and np.isclose(total, (covered.sum() - start_cells) * env.scene.grid_cell**2)
     assert coverages[-1] == coverages[23], "the second turn sees nothing new"

@@ -217,7 +217,7 @@ def bench_generator(
     records: dict[str, Any] = {}
     try:
         for mode in modes:
-            generator.memory = mode  # only read at start(): one set of weights serves every mode
+            generator.set_memory(mode)  # one set of weights serves every mode
             memory.reset_peak()
             generator.start(start_image, cam_to_world[:1], intrinsics)
             noise = torch.Generator(device=device).manual_seed(seed)
@@ -238,7 +238,7 @@ def bench_generator(
             records[f"{mode}/peak"] = memory.peak()
             generator.start(start_image, cam_to_world[:1], intrinsics)  # drop this mode's memory before the next
     finally:
-        generator.memory = original
+        generator.set_memory(original)
     return records
 
 

@@ -20,8 +20,8 @@ from mirage_gym.envs.actions import MOVE_NAMES
 from mirage_gym.envs.generators import default_weights_path, load_generator
 from mirage_gym.envs.oracle import OracleGenerator
 from mirage_gym.envs.room import MirageRoomEnv, MirageRoomNavEnv
-from mirage_gym.envs.simulator import MirageSimulator
-from mirage_gym.envs.tasks import ExplorationTask, PointNavTask
+from mirage_gym.envs.simulator import BOUNDS, MirageSimulator, SimulatorSettings
+from mirage_gym.envs.tasks import Episode, ExplorationTask, PointNavTask, Task, TaskState, Transition
 from mirage_gym.envs.vector import MirageRoomNavVectorEnv, MirageRoomVectorEnv
 
 __all__ = [
@@ -32,6 +32,12 @@ __all__ = [
     "MirageRoomVectorEnv",
     "MirageRoomNavVectorEnv",
     "MirageSimulator",
+    "SimulatorSettings",
+    "BOUNDS",
+    "Task",
+    "TaskState",
+    "Episode",
+    "Transition",
     "OracleGenerator",
     "ExplorationTask",
     "PointNavTask",

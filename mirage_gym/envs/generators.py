@@ -1,7 +1,7 @@
 """Which generator an environment runs: the shipped default, a local folder, an instance, or the oracle.
 
 One function, :func:`load_generator`, turns the ``generator=`` keyword of every environment
-into an object with the generator interface (``start``/``step``/``memory_bytes``/``batch_size``).
+into an object with the :class:`~mirage_gym.model.protocols.Generator` interface.
 The default weights live in ``mirage_gym/weights/default/`` (a Mirage folder written by
 :meth:`~mirage_gym.model.generator.MirageGenerator.save_pretrained`); :func:`default_weights_path`
 is the only place that knows it.
@@ -9,7 +9,6 @@ is the only place that knows it.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ import torch
 from mirage_gym.envs.oracle import OracleGenerator
 from mirage_gym.model.generator import MEMORY_MODES, MirageGenerator
 from mirage_gym.model.pretrained import MIRAGE_CONFIG
+from mirage_gym.model.protocols import Generator
 
-__all__ = ["default_weights_path", "load_generator", "check_generator_geometry"]
+__all__ = ["GeneratorSpec", "default_weights_path", "load_generator"]
 
-GeneratorSpec = str | Path | MirageGenerator | OracleGenerator
+GeneratorSpec = str | Path | Generator
 
 
 def default_weights_path() -> Path:
@@ -37,16 +37,18 @@ def load_generator(
     device: torch.device | str = "cpu",
     frame_time: float = 0.25,
     max_depth: float = 20.0,
-) -> MirageGenerator | OracleGenerator:
+) -> Generator:
     """Resolve the ``generator=`` keyword of an environment.
 
     Args:
         spec: ``"default"`` (the shipped weights), ``"oracle"`` (the ground-truth renderer, named
             as such: for debugging and upper bounds), a local folder (a Mirage folder or a Wan2.2
-            folder, see :meth:`MirageGenerator.from_pretrained`), or a ready ``MirageGenerator``
-            (the environment takes it over: its memory is reset on every ``reset``).
-        memory: ``"latent"``, ``"pixel"`` or ``"none"`` (ignored by the oracle, which renders the
-            ground truth and so never forgets).
+            folder, see :meth:`MirageGenerator.from_pretrained`), or a ready generator (a
+            ``MirageGenerator``, an ``OracleGenerator`` or any other implementation of the
+            ``Generator`` protocol; the environment takes it over: its memory is reset on every
+            ``reset``).
+        memory: ``"latent"``, ``"pixel"`` or ``"none"`` (ignored by a generator without memory
+            modes, such as the oracle, which renders the ground truth and so never forgets).
         num_inference_steps: denoising steps per chunk (default: the folder's setting).
         device: where the generator runs.
         frame_time, max_depth: of the oracle (seconds per frame; depth clip in metres).
@@ -55,16 +57,18 @@ def load_generator(
         raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
     if num_inference_steps is not None and int(num_inference_steps) < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    if isinstance(spec, OracleGenerator):
-        return spec
-    if isinstance(spec, MirageGenerator):
-        if spec.memory != memory:
-            raise ValueError(f"the given generator uses memory={spec.memory!r} but memory={memory!r} was asked for")
-        if num_inference_steps is not None:
-            spec.num_inference_steps = int(num_inference_steps)
-        return spec.to(device).eval()
     if not isinstance(spec, (str, Path)):
-        raise TypeError(f"generator must be 'default', 'oracle', a folder or a MirageGenerator, got {type(spec).__name__}")
+        if not isinstance(spec, Generator):
+            raise TypeError(f"generator must be 'default', 'oracle', a folder or a generator (a MirageGenerator or "
+                            f"another implementation of mirage_gym.model.protocols.Generator), got "
+                            f"{type(spec).__name__}")
+        if spec.memory_modes and spec.memory != memory:
+            raise ValueError(f"the given generator uses memory={spec.memory!r} but memory={memory!r} was asked for")
+        if isinstance(spec, MirageGenerator):  # settings of this implementation
+            if num_inference_steps is not None:
+                spec.num_inference_steps = int(num_inference_steps)
+            return spec.to(device).eval()
+        return spec
     if spec == "oracle":
         return OracleGenerator(frame_time=frame_time, max_depth=max_depth)
     if spec == "default":
@@ -84,20 +88,3 @@ def load_generator(
         kwargs["num_inference_steps"] = int(num_inference_steps)
     return MirageGenerator.from_pretrained(folder, device=device, **kwargs).eval()
 
-
-def check_generator_geometry(generator: MirageGenerator | OracleGenerator, resolution: int, chunk: int) -> None:
-    """``ValueError`` unless the generator can make ``chunk``-frame chunks of ``resolution`` pixels."""
-    if isinstance(generator, OracleGenerator):
-        return
-    sf = generator.vae.spatial_factor
-    _, p_h, p_w = generator.transformer.config.patch_size
-    multiple = math.lcm(sf * p_h, sf * p_w)  # frames are square
-    if resolution % multiple:
-        raise ValueError(
-            f"resolution {resolution} must be a multiple of {multiple} for this generator "
-            f"(VAE factor {sf} x patch {p_h}x{p_w})"
-        )
-    try:
-        generator.vae.num_latent_frames(chunk)
-    except ValueError as err:
-        raise ValueError(f"chunk={chunk} does not fit this generator's VAE: {err}") from err

@@ -20,7 +20,7 @@ __all__ = ["OracleGenerator"]
 
 
 class OracleGenerator:
-    """Renders the ground truth with the ``start``/``step``/``memory_bytes`` interface of ``MirageGenerator``.
+    """Renders the ground truth behind the :class:`~mirage_gym.model.protocols.Generator` interface.
 
     Each scene has its own clock: :meth:`start` sets it to 0 and every frame of :meth:`step`
     advances it by ``frame_time`` seconds, as the environments' clocks do. The oracle keeps
@@ -32,6 +32,8 @@ class OracleGenerator:
         max_depth: depth beyond this (or where no surface is hit) is reported as ``max_depth``.
     """
 
+    renders_ground_truth = True  # start() needs the scenes' renderers
+    memory_modes: tuple[str, ...] = ()  # the world itself is the memory: nothing to choose
     memory = "oracle"
 
     def __init__(self, frame_time: float = 0.25, max_depth: float = 20.0) -> None:
@@ -52,8 +54,20 @@ class OracleGenerator:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    @property
+    def memory_store(self) -> None:
+        return None
+
     def memory_bytes(self) -> list[int]:
         return [0] * self.batch_size
+
+    def set_memory(self, mode: str) -> None:
+        if mode != self.memory:
+            raise ValueError(f"the oracle renders the ground truth and keeps no memory; memory={mode!r} applies to a "
+                             "generated world")
+
+    def check_geometry(self, resolution: int, chunk: int) -> None:
+        """Any square resolution and chunk length can be rendered."""
 
     def _depth(self, depth: Tensor) -> Tensor:
         return torch.nan_to_num(depth, posinf=self.max_depth).clamp(0.0, self.max_depth)
@@ -65,7 +79,7 @@ class OracleGenerator:
         intrinsics: Tensor,
         scenes: Sequence[int] | None = None,
         *,
-        renderers: Sequence[Renderer],
+        renderers: Sequence[Renderer] | None = None,
     ) -> ChunkOutput:
         """Start scenes from ``images`` ``[S, H, W, 3]`` at ``cam_to_world`` ``[S, 4, 4]``.
 
@@ -75,6 +89,8 @@ class OracleGenerator:
         if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 [S, H, W, 3], got {images.dtype} {tuple(images.shape)}")
         s, height, width = images.shape[:3]
+        if renderers is None:
+            raise ValueError("the oracle renders the ground truth: start() needs the scenes' renderers")
         if tuple(cam_to_world.shape) != (s, 4, 4) or len(renderers) != s:
             raise ValueError(f"need cam_to_world [{s}, 4, 4] and {s} renderers, got {tuple(cam_to_world.shape)} "
                              f"and {len(renderers)}")

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from mirage_gym.envs.actions import to_motion
+from mirage_gym.envs.generators import GeneratorSpec
 from mirage_gym.envs.rendering import HumanViewer, human_render_problem, render_modes
-from mirage_gym.envs.simulator import RENDER_LAYOUTS, MirageSimulator
+from mirage_gym.envs.simulator import RENDER_LAYOUTS, MirageSimulator, SimulatorSettings
 from mirage_gym.envs.tasks import ExplorationTask, PointNavTask, Task
 
-__all__ = ["MirageRoomEnv", "MirageRoomNavEnv"]
+__all__ = ["MirageRoomEnv", "MirageRoomNavEnv", "settings_from"]
 
-_COMMON_DOC = """
+
+def settings_from(arguments: dict[str, Any]) -> SimulatorSettings:
+    """The :class:`SimulatorSettings` among an env constructor's ``arguments`` (its ``locals()``)."""
+    return SimulatorSettings(**{f.name: arguments[f.name] for f in fields(SimulatorSettings)})
+
+
+def exploration_task(task: Task | None, collision_penalty: float) -> Task:
+    """``task`` (a custom task) or the exploration task with ``collision_penalty``."""
+    if task is None:
+        return ExplorationTask(collision_penalty)
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a mirage_gym.envs.tasks.Task, got {type(task).__name__}")
+    if collision_penalty != ExplorationTask().collision_penalty:
+        raise ValueError("collision_penalty belongs to the exploration task; with task=... give it to that task")
+    return task
+
+
+_ACTION_SPACE = """
     ## Action Space
 
     ``Box(-1, 1, (4,), float32)`` (``action_type="continuous"``, the default): forward, right,
@@ -37,45 +58,58 @@ _COMMON_DOC = """
     * ``"intrinsics"``: ``(3, 3) float32``, the pinhole camera of the ``H x W`` frames.
 
     ``reset`` returns the start view repeated ``chunk`` times (same shapes as a step).
+"""
 
+_STARTING_STATE = """
     ## Starting State
 
-    A room is drawn from ``room_seeds`` (default: any seed) with the env's ``np_random``, the
+    A house is drawn from ``room_seeds`` (default: any seed) with the env's ``np_random``, the
     camera is placed at a random free position at 1.4 m with a random heading and zero pitch, and
     the generator starts from the ground-truth view there. ``reset(seed=..., options=...)``
     takes ``options`` ``{"room_seed": int, "start_image": HxWx3 uint8 (the env's resolution),
-    "start_pose": 4x4 cam_to_world}``; with ``start_image`` a user starts the generated world
-    from their own picture (the procedural room still decides collisions and rewards). Unknown
-    option keys are a ``ValueError``. Generation noise is drawn from a ``torch.Generator`` seeded
-    from ``np_random`` at reset, so the same seed and actions give the same observations.
+    "start_pose": 4x4 cam_to_world}`` and the task's options; with ``start_image`` a user starts
+    the generated world from their own picture (the procedural house still decides collisions
+    and rewards). Unknown option keys are a ``ValueError``. Generation noise is drawn from a
+    ``torch.Generator`` seeded from ``np_random`` at reset, so the same seed and actions give the
+    same observations.
+"""
 
+_ARGUMENTS = """
     ## Arguments
 
-    * ``generator``: ``"default"`` (the shipped weights in ``mirage_gym/weights/default``), a
-      local model folder (a Mirage folder or a Wan2.2 folder), a ``MirageGenerator``, or
-      ``"oracle"``: the ground-truth renderer, named as such, for debugging and upper bounds.
-    * ``memory``: ``"latent"`` (default, the latent cache), ``"pixel"`` (the point-cloud
-      baseline) or ``"none"``.
-    * ``resolution`` (128), ``chunk`` (4), ``fov`` (90 degrees), ``num_inference_steps``
-      (the model folder's default), ``device`` ("cpu").
-    * ``room_seeds`` (a list of room seeds, default any), ``num_rooms`` (1-9, default 1-4 from
-      the seed), ``moving_objects`` (0): the procedural rooms.
-    * ``action_type``, ``max_translation`` (0.25 m), ``max_rotation`` (15 degrees), ``max_pitch``
-      (60 degrees), ``frame_time`` (0.25 s per frame: moving objects advance with it),
-      ``camera_radius`` (0.2 m), ``max_depth`` (20 m, the oracle's depth clip).
-    * ``collision_penalty`` (0.1 per collision).
-    * ``render_mode``: ``"rgb_array"`` (the last frame; with ``render_layout="grid"``, the
-      generated frame, its depth colour map and the ground truth side by side) or ``"human"``
-      (an OpenCV window; declared in ``metadata["render_modes"]`` only where a window can be
-      opened, and a ``RuntimeError`` saying why when asked for elsewhere).
-    * ``report_step_time`` (False): add ``info["step_time"]``, the seconds the generator spent
-      on the step per sub-env. Off by default because wall-clock time differs between runs, and
-      identical runs must give identical infos (Gymnasium's determinism check compares them).
+    Numeric settings outside their range are a ``ValueError`` naming the argument and the range
+    (:data:`mirage_gym.envs.simulator.BOUNDS`).
 
+    | Parameter | Type | Default | Description |
+    |-----------|------|---------|-------------|
+    | ``render_mode`` | ``str \\| None`` | ``None`` | ``"rgb_array"`` (the last frame) or ``"human"`` (an OpenCV window; declared in ``metadata["render_modes"]`` only where one can open) |
+    | ``render_layout`` | ``str`` | ``"frame"`` | ``"frame"``, or ``"grid"``: generated frame, depth colour map and ground truth side by side |
+    | ``generator`` | ``str \\| Path \\| Generator`` | ``"default"`` | ``"default"`` (the shipped weights in ``mirage_gym/weights/default``), a local model folder (Mirage or Wan2.2), a ready generator, or ``"oracle"``: the ground-truth renderer, named as such, for debugging and upper bounds |
+    | ``memory`` | ``str`` | ``"latent"`` | scene memory: ``"latent"`` (the latent cache), ``"pixel"`` (the point-cloud baseline) or ``"none"`` |
+    | ``resolution`` | ``int`` | ``128`` | square frame size, 8-1024 pixels (a multiple of the model's patch) |
+    | ``chunk`` | ``int`` | ``4`` | frames per step, 1-129 (a Wan VAE needs ``1 + 4k``) |
+    | ``fov`` | ``float`` | ``90.0`` | field of view, 10-170 degrees |
+    | ``num_inference_steps`` | ``int \\| None`` | ``None`` | denoising steps per chunk, 1-1000 (``None``: the model folder's) |
+    | ``room_seeds`` | ``Sequence[int] \\| None`` | ``None`` | houses to draw from (``None``: any seed) |
+    | ``num_rooms`` | ``int \\| None`` | ``None`` | rooms per house, 1-9 (``None``: 1-4 from the seed) |
+    | ``moving_objects`` | ``int`` | ``0`` | moving boxes per house, 0-32 |
+    | ``action_type`` | ``str`` | ``"continuous"`` | ``"continuous"`` or ``"discrete"`` |
+    | ``max_translation`` | ``float`` | ``0.25`` | metres per step at ``abs(action) = 1``, in (0, 2] |
+    | ``max_rotation`` | ``float`` | ``15.0`` | degrees of yaw and pitch per step, in (0, 180] |
+    | ``max_pitch`` | ``float`` | ``60.0`` | pitch limit up and down, in (0, 89] degrees |
+    | ``frame_time`` | ``float`` | ``0.25`` | seconds per frame, in (0, 10] (moving objects advance with it) |
+    | ``camera_radius`` | ``float`` | ``0.2`` | the camera body's radius for collisions, in (0, 1] metres |
+    | ``max_depth`` | ``float`` | ``20.0`` | the oracle's depth clip, in (0, 1000] metres |
+    | ``report_step_time`` | ``bool`` | ``False`` | add ``info["step_time"]``, the generator's seconds per sub-env (off by default: wall-clock time differs between runs, and identical runs must give identical infos) |
+    | ``device`` | ``str \\| torch.device`` | ``"cpu"`` | where the generator runs |
+"""
+
+_INFO = """
     ## Info
 
     ``"memory_bytes"`` (bytes the scene memory holds), ``"frames_generated"`` (this episode),
-    ``"collided"``, ``"coverage"`` (fraction of the navigable floor seen this episode) and
+    ``"collided"``, ``"coverage"`` (fraction of the navigable floor seen this episode),
+    ``"reward_<term>"`` for each reward term (they sum to the reward; 0 at reset) and
     ``"step_time"`` when ``report_step_time``.
 
     ## Version History
@@ -89,7 +123,7 @@ class _MirageEnv(gym.Env):
 
     metadata = {"render_modes": render_modes(), "render_fps": 4}
 
-    def __init__(self, task: Task, render_mode: str | None, render_layout: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, task: Task, render_mode: str | None, render_layout: str, settings: SimulatorSettings) -> None:
         if render_mode == "human" and human_render_problem():
             raise RuntimeError(human_render_problem())
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -97,7 +131,7 @@ class _MirageEnv(gym.Env):
         if render_layout not in RENDER_LAYOUTS:
             raise ValueError(f"render_layout must be one of {RENDER_LAYOUTS}, got {render_layout!r}")
         self._viewer = HumanViewer(type(self).__name__) if render_mode == "human" else None
-        self.simulator = MirageSimulator(1, task, **kwargs)
+        self.simulator = MirageSimulator(1, task, settings)
         self.render_mode = render_mode
         self.render_layout = render_layout
         self.observation_space = self.simulator.observation_space
@@ -107,8 +141,13 @@ class _MirageEnv(gym.Env):
                                                                                self.simulator.frame_time)))}
 
     @property
+    def task(self) -> Task:
+        """The task: options, rewards, info (see :mod:`mirage_gym.envs.tasks`)."""
+        return self.simulator.task
+
+    @property
     def generator(self):
-        """The generator (a ``MirageGenerator``, or an ``OracleGenerator`` in oracle mode)."""
+        """The generator (a :class:`~mirage_gym.model.protocols.Generator`: a ``MirageGenerator``, or the oracle)."""
         return self.simulator.generator
 
     @property
@@ -155,29 +194,53 @@ class MirageRoomEnv(_MirageEnv):
 
     The agent moves a camera through a procedural house whose frames, depth and poses come
     from a video generator kept consistent by a persistent 3D latent cache. Every step
-    generates one chunk of frames for the camera's motion.
-
+    generates one chunk of frames for the camera's motion. ``task=`` runs another
+    :class:`~mirage_gym.envs.tasks.Task` in the same world (its rewards, options and info then
+    replace those of exploration).
+    """ + _ACTION_SPACE + """
     ## Rewards
 
-    The navigable floor newly seen in the step, in square metres (cells of 0.25 m seen within
-    3 m, computed on the ground-truth scene from the chunk's poses with ground-truth depth at
-    32x32, so the reward is exact and does not depend on the generator), minus
-    ``collision_penalty`` when the move was stopped by an obstacle.
-
+    The navigable floor newly seen in the step, in square metres (``info["reward_coverage"]``:
+    cells of 0.25 m seen within 3 m, computed on the ground-truth house from the chunk's poses
+    with ground-truth depth at 32x32, so the reward is exact and does not depend on the
+    generator), minus ``collision_penalty`` when the move was stopped by an obstacle
+    (``info["reward_collision"]``).
+    """ + _STARTING_STATE + """
     ## Episode End
 
     Never terminates; truncated after 200 steps (``max_episode_steps`` of the registration).
-    """ + _COMMON_DOC
+    """ + _ARGUMENTS + """    | ``collision_penalty`` | ``float`` | ``0.1`` | reward lost per collision (>= 0) |
+    | ``task`` | ``Task \\| None`` | ``None`` | a custom task instead of exploration (``collision_penalty`` is then the task's) |
+    """ + _INFO
 
     def __init__(
         self,
         render_mode: str | None = None,
         *,
         render_layout: str = "frame",
+        generator: GeneratorSpec = "default",
+        memory: str = "latent",
+        resolution: int = 128,
+        chunk: int = 4,
+        fov: float = 90.0,
+        num_inference_steps: int | None = None,
+        room_seeds: Sequence[int] | None = None,
+        num_rooms: int | None = None,
+        moving_objects: int = 0,
+        action_type: str = "continuous",
+        max_translation: float = 0.25,
+        max_rotation: float = 15.0,
+        max_pitch: float = 60.0,
+        frame_time: float = 0.25,
+        camera_radius: float = 0.2,
+        max_depth: float = 20.0,
+        report_step_time: bool = False,
+        device: torch.device | str = "cpu",
         collision_penalty: float = 0.1,
-        **kwargs: Any,
+        task: Task | None = None,
     ) -> None:
-        super().__init__(ExplorationTask(collision_penalty), render_mode, render_layout, kwargs)
+        settings = settings_from(locals())
+        super().__init__(exploration_task(task, collision_penalty), render_mode, render_layout, settings)
 
 
 class MirageRoomNavEnv(_MirageEnv):
@@ -187,35 +250,56 @@ class MirageRoomNavEnv(_MirageEnv):
 
     As ``MirageRoom-v0``, with a goal position on the navigable floor, at least
     ``min_goal_distance`` (1 m) from the start and reachable from it.
-
-    ## Observation Space (addition)
-
-    ``"goal"``: ``Box(-100, 100, (3,), float32)``, the goal in the frame of the chunk's last
-    camera (x right, y down, z forward, metres).
+    """ + _ACTION_SPACE + """    * ``"goal"``: ``Box(-100, 100, (3,), float32)``, the goal in the frame of the chunk's last
+      camera (x right, y down, z forward, metres).
 
     ## Rewards
 
-    The decrease of the *geodesic* distance to the goal (shortest path over the free
-    navigation cells, see :mod:`mirage_gym.envs.tasks`), minus ``collision_penalty`` per
-    collision, plus ``success_bonus`` (10) on success. ``reset`` also takes
-    ``options["goal"]`` (a world position [3]).
+    The decrease of the *geodesic* distance to the goal (``info["reward_progress"]``, shortest
+    path over the free navigation cells, see :mod:`mirage_gym.envs.tasks`), minus
+    ``collision_penalty`` per collision (``info["reward_collision"]``), plus ``success_bonus`` on
+    success (``info["reward_success"]``).
+    """ + _STARTING_STATE + """
+    ``reset`` also takes ``options["goal"]`` (a world position [3]).
 
     ## Episode End
 
     Terminates on success: geodesic distance within ``success_distance`` (0.5 m);
     ``info["success"]`` and ``info["distance_to_goal"]`` report it. Truncated after 100 steps.
-    """ + _COMMON_DOC
+    """ + _ARGUMENTS + """    | ``collision_penalty`` | ``float`` | ``0.1`` | reward lost per collision (>= 0) |
+    | ``success_distance`` | ``float`` | ``0.5`` | metres (geodesic) from the goal that count as success |
+    | ``success_bonus`` | ``float`` | ``10.0`` | reward on success |
+    | ``min_goal_distance`` | ``float`` | ``1.0`` | metres: a drawn goal is at least this far from the start |
+    """ + _INFO
 
     def __init__(
         self,
         render_mode: str | None = None,
         *,
         render_layout: str = "frame",
+        generator: GeneratorSpec = "default",
+        memory: str = "latent",
+        resolution: int = 128,
+        chunk: int = 4,
+        fov: float = 90.0,
+        num_inference_steps: int | None = None,
+        room_seeds: Sequence[int] | None = None,
+        num_rooms: int | None = None,
+        moving_objects: int = 0,
+        action_type: str = "continuous",
+        max_translation: float = 0.25,
+        max_rotation: float = 15.0,
+        max_pitch: float = 60.0,
+        frame_time: float = 0.25,
+        camera_radius: float = 0.2,
+        max_depth: float = 20.0,
+        report_step_time: bool = False,
+        device: torch.device | str = "cpu",
         collision_penalty: float = 0.1,
         success_distance: float = 0.5,
         success_bonus: float = 10.0,
         min_goal_distance: float = 1.0,
-        **kwargs: Any,
     ) -> None:
+        settings = settings_from(locals())
         task = PointNavTask(collision_penalty, success_distance, success_bonus, min_goal_distance)
-        super().__init__(task, render_mode, render_layout, kwargs)
+        super().__init__(task, render_mode, render_layout, settings)

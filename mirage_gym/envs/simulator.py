@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -27,17 +27,118 @@ from torch import Tensor
 
 from mirage_gym import geometry
 from mirage_gym.envs.actions import ACTION_TYPES, single_action_space
-from mirage_gym.envs.generators import GeneratorSpec, check_generator_geometry, load_generator
-from mirage_gym.envs.oracle import OracleGenerator
-from mirage_gym.envs.tasks import COVERAGE_RESOLUTION, Task
+from mirage_gym.envs.generators import GeneratorSpec, load_generator
+from mirage_gym.envs.tasks import Episode, Task, TaskState, Transition
 from mirage_gym.envs.worlds import World, get_world
+from mirage_gym.model.generator import MEMORY_MODES
 from mirage_gym.video import colorize_depth, side_by_side
 
-__all__ = ["MirageSimulator", "RENDER_LAYOUTS", "ROOM_SEED_RANGE"]
+__all__ = ["BOUNDS", "MirageSimulator", "RENDER_LAYOUTS", "ROOM_SEED_RANGE", "SimulatorSettings"]
 
 RENDER_LAYOUTS = ("frame", "grid")
 ROOM_SEED_RANGE = 2**31 - 1  # room seeds are drawn from [0, ROOM_SEED_RANGE) unless room_seeds is given
 BASE_OPTIONS = frozenset({"room_seed", "start_image", "start_pose"})
+
+
+# Physically sensible ranges of the numeric settings: (low, high, low included, unit). Outside them
+# a setting is a ValueError naming it and the range (a 1e5 m step would take seconds and gigabytes).
+BOUNDS: dict[str, tuple[float, float, bool, str]] = {
+    "num_envs": (1, 1024, True, "sub-environments"),
+    "resolution": (8, 1024, True, "pixels"),
+    "chunk": (1, 129, True, "frames per step"),
+    "fov": (10.0, 170.0, True, "degrees"),
+    "num_inference_steps": (1, 1000, True, "denoising steps"),
+    "num_rooms": (1, 9, True, "rooms"),
+    "moving_objects": (0, 32, True, "objects"),
+    "max_translation": (0.0, 2.0, False, "metres per step"),
+    "max_rotation": (0.0, 180.0, False, "degrees per step"),
+    "max_pitch": (0.0, 89.0, False, "degrees"),
+    "frame_time": (0.0, 10.0, False, "seconds per frame"),
+    "camera_radius": (0.0, 1.0, False, "metres"),
+    "max_depth": (0.0, 1000.0, False, "metres"),
+    "max_episode_steps": (1, 1_000_000, True, "steps"),
+}
+_INTEGERS = frozenset({"num_envs", "resolution", "chunk", "num_inference_steps", "num_rooms", "moving_objects",
+                       "max_episode_steps"})
+
+
+def check_setting(name: str, value: Any) -> int | float:
+    """``value`` of the numeric setting ``name`` inside :data:`BOUNDS`, or a ``ValueError`` naming both."""
+    low, high, closed, unit = BOUNDS[name]
+    interval = f"{'[' if closed else '('}{low:g}, {high:g}]"
+    integer = name in _INTEGERS
+    ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
+    if isinstance(value, (bool, np.bool_)) or not ok_type:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} in {interval} {unit}, got {value!r}")
+    value = int(value) if integer else float(value)
+    if not (math.isfinite(value) and (low <= value if closed else low < value) and value <= high):
+        raise ValueError(f"{name} must be in {interval} {unit}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    """Everything that configures the simulated world, camera and generator (see the env docstrings).
+
+    Validated on construction: a ``ValueError`` names the setting and the range it must be in
+    (:data:`BOUNDS`). The environment classes take these as keyword arguments.
+    """
+
+    generator: GeneratorSpec = "default"
+    """``"default"``, ``"oracle"``, a model folder, or a ready generator."""
+    memory: str = "latent"
+    """Scene memory: ``"latent"``, ``"pixel"`` or ``"none"``."""
+    resolution: int = 128
+    """Square frame size in pixels."""
+    chunk: int = 4
+    """Frames generated per step."""
+    fov: float = 90.0
+    """Horizontal field of view, degrees."""
+    num_inference_steps: int | None = None
+    """Denoising steps per chunk (``None``: the model folder's setting)."""
+    room_seeds: Sequence[int] | None = None
+    """Houses to draw from (``None``: any seed)."""
+    num_rooms: int | None = None
+    """Rooms per house, 1-9 (``None``: 1-4 from the seed)."""
+    moving_objects: int = 0
+    """Moving boxes per house."""
+    action_type: str = "continuous"
+    """``"continuous"`` (``Box(-1, 1, (4,))``) or ``"discrete"`` (7 moves)."""
+    max_translation: float = 0.25
+    """Metres per step at ``|action| = 1``."""
+    max_rotation: float = 15.0
+    """Degrees of yaw and pitch per step at ``|action| = 1``."""
+    max_pitch: float = 60.0
+    """Pitch limit, degrees up or down."""
+    frame_time: float = 0.25
+    """Seconds per frame (moving objects advance with it)."""
+    camera_radius: float = 0.2
+    """Metres: the camera body's radius for collisions."""
+    max_depth: float = 20.0
+    """Metres: the oracle's depth clip."""
+    report_step_time: bool = False
+    """Add ``info["step_time"]`` (wall-clock, so off by default: identical runs give identical infos)."""
+    device: torch.device | str = "cpu"
+    """Where the generator runs."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in BOUNDS and value is not None:
+                object.__setattr__(self, f.name, check_setting(f.name, value))
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {self.memory!r}")
+        if self.action_type not in ACTION_TYPES:
+            raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {self.action_type!r}")
+        if self.room_seeds is not None:
+            seeds = self.room_seeds
+            if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, np.ndarray)) or not len(seeds) or \
+                    any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
+                raise ValueError(f"room_seeds must be a non-empty list of integer seeds >= 0, got {seeds!r}")
+            object.__setattr__(self, "room_seeds", tuple(int(s) for s in seeds))
+        if not isinstance(self.report_step_time, (bool, np.bool_)):
+            raise ValueError(f"report_step_time must be a bool, got {self.report_step_time!r}")
 
 
 @dataclass
@@ -47,9 +148,7 @@ class _SubEnv:
     world: World
     pose: Tensor  # [4, 4] cam_to_world after the last step
     noise: torch.Generator  # generation noise, seeded from the sub-env's np_random at reset
-    covered: np.ndarray  # [gh, gw] bool: navigable cells seen this episode
-    navigable: int  # number of navigable cells
-    task_state: Any
+    task_state: TaskState  # the task's per-episode state (coverage, goal...)
     rgb: np.ndarray  # [H, W, 3] last frame (for render)
     depth: np.ndarray  # [H, W] its depth
     time: float = 0.0  # seconds since the start (moving objects)
@@ -57,86 +156,45 @@ class _SubEnv:
 
     @property
     def coverage(self) -> float:
-        return float(self.covered.sum()) / max(self.navigable, 1)
-
-
-def _positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float, np.number)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+        """Fraction of the navigable floor seen this episode."""
+        return self.task_state.coverage.fraction
 
 
 class MirageSimulator:
-    """``N`` sub-environments sharing one generator. See the environment classes for the keywords."""
+    """``N`` sub-environments sharing one generator, running ``task``. See the environment classes."""
 
-    def __init__(
-        self,
-        num_envs: int,
-        task: Task,
-        *,
-        generator: GeneratorSpec = "default",
-        memory: str = "latent",
-        resolution: int = 128,
-        chunk: int = 4,
-        fov: float = 90.0,
-        num_inference_steps: int | None = None,
-        room_seeds: Sequence[int] | None = None,
-        num_rooms: int | None = None,
-        moving_objects: int = 0,
-        action_type: str = "continuous",
-        max_translation: float = 0.25,
-        max_rotation: float = 15.0,
-        max_pitch: float = 60.0,
-        frame_time: float = 0.25,
-        camera_radius: float = 0.2,
-        max_depth: float = 20.0,
-        report_step_time: bool = False,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        if int(num_envs) < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if int(resolution) < 8 or int(resolution) != resolution:
-            raise ValueError(f"resolution must be an integer >= 8, got {resolution}")
-        if int(chunk) < 1 or int(chunk) != chunk:
-            raise ValueError(f"chunk must be an integer >= 1, got {chunk}")
-        if not 0 < fov < 180:
-            raise ValueError(f"fov must be in (0, 180) degrees, got {fov}")
-        if action_type not in ACTION_TYPES:
-            raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {action_type!r}")
-        if not 0 < max_pitch < 90:
-            raise ValueError(f"max_pitch must be in (0, 90) degrees, got {max_pitch}")
-        if num_rooms is not None and not 1 <= int(num_rooms) <= 9:
-            raise ValueError(f"num_rooms must be in 1..9, got {num_rooms}")
-        if int(moving_objects) < 0:
-            raise ValueError(f"moving_objects must be >= 0, got {moving_objects}")
-        if room_seeds is not None:
-            room_seeds = [int(s) for s in room_seeds]
-            if not room_seeds or any(s < 0 for s in room_seeds):
-                raise ValueError(f"room_seeds must be a non-empty list of seeds >= 0, got {room_seeds}")
-        self.num_envs = int(num_envs)
+    def __init__(self, num_envs: int, task: Task, settings: SimulatorSettings | None = None) -> None:
+        settings = SimulatorSettings() if settings is None else settings
+        if not isinstance(settings, SimulatorSettings):
+            raise TypeError(f"settings must be a SimulatorSettings, got {type(settings).__name__}")
+        if not isinstance(task, Task):
+            raise TypeError(f"task must be a mirage_gym.envs.tasks.Task, got {type(task).__name__}")
+        clash = BASE_OPTIONS & task.option_keys
+        if clash:
+            raise ValueError(f"{type(task).__name__} declares reset options {sorted(clash)} that the simulator owns")
+        self.settings = settings
+        self.num_envs = check_setting("num_envs", num_envs)
         self.task = task
-        self.resolution = int(resolution)
-        self.chunk = int(chunk)
-        self.fov = float(fov)
-        self.room_seeds = room_seeds
-        self.num_rooms = None if num_rooms is None else int(num_rooms)
-        self.moving_objects = int(moving_objects)
-        self.action_type = action_type
-        self.max_translation = _positive("max_translation", max_translation)
-        self.max_rotation = _positive("max_rotation", max_rotation)
-        self.max_pitch = float(max_pitch)
-        self.frame_time = _positive("frame_time", frame_time)
-        self.camera_radius = _positive("camera_radius", camera_radius)
-        self.report_step_time = bool(report_step_time)
+        self.resolution = settings.resolution
+        self.chunk = settings.chunk
+        self.fov = settings.fov
+        self.room_seeds = None if settings.room_seeds is None else list(settings.room_seeds)
+        self.num_rooms = settings.num_rooms
+        self.moving_objects = settings.moving_objects
+        self.action_type = settings.action_type
+        self.max_translation = settings.max_translation
+        self.max_rotation = settings.max_rotation
+        self.max_pitch = settings.max_pitch
+        self.frame_time = settings.frame_time
+        self.camera_radius = settings.camera_radius
+        self.report_step_time = settings.report_step_time
         self.generator = load_generator(
-            generator, memory=memory, num_inference_steps=num_inference_steps, device=device,
-            frame_time=self.frame_time, max_depth=_positive("max_depth", max_depth),
+            settings.generator, memory=settings.memory, num_inference_steps=settings.num_inference_steps,
+            device=settings.device, frame_time=self.frame_time, max_depth=settings.max_depth,
         )
-        check_generator_geometry(self.generator, self.resolution, self.chunk)
-        self.oracle = isinstance(self.generator, OracleGenerator)
-        self.max_depth = self.generator.max_depth if self.oracle else float(self.generator.depth_head.config.max_depth)
+        self.generator.check_geometry(self.resolution, self.chunk)
+        self.max_depth = float(self.generator.max_depth)
         self.intrinsics = geometry.intrinsics_from_fov(self.fov, self.resolution, self.resolution)
-        self.coverage_intrinsics = geometry.intrinsics_from_fov(self.fov, COVERAGE_RESOLUTION, COVERAGE_RESOLUTION)
         self.option_keys = BASE_OPTIONS | task.option_keys
 
         t, r = self.chunk, self.resolution
@@ -148,7 +206,7 @@ class MirageSimulator:
             "intrinsics": spaces.Box(0.0, 100.0 * r, (3, 3), np.float32),
             **task.observation_spaces(),
         })
-        self.action_space = single_action_space(action_type)
+        self.action_space = single_action_space(self.action_type)
         self._subenvs: list[_SubEnv | None] = [None] * self.num_envs
 
     # ------------------------------------------------------------------ options
@@ -201,15 +259,15 @@ class MirageSimulator:
                     raise ValueError(f"options['start_pose'] needs one pose per reset sub-env ({batch})")
                 pose = pose[k]
             out["start_pose"] = self._check_pose(pose)
-        if "goal" in options:
-            goal = np.asarray(options["goal"], dtype=np.float64)
-            if batch is not None and goal.ndim == 2:
-                if goal.shape[0] != batch:
-                    raise ValueError(f"options['goal'] needs one goal per reset sub-env ({batch})")
-                goal = goal[k]
-            if goal.shape != (3,) or not np.isfinite(goal).all():
-                raise ValueError(f"options['goal'] must be a finite world position [3], got shape {list(goal.shape)}")
-            out["goal"] = goal
+        for key, dims in self.task.option_dims.items():  # the task validates its own options
+            if key not in options:
+                continue
+            value = options[key]
+            if batch is not None and np.ndim(value) == dims + 1:
+                if len(value) != batch:
+                    raise ValueError(f"options[{key!r}] needs one value per reset sub-env ({batch}), got {len(value)}")
+                value = value[k]
+            out[key] = self.task.check_option(key, value)
         return out
 
     def _check_pose(self, pose: np.ndarray) -> Tensor:
@@ -244,22 +302,14 @@ class MirageSimulator:
                                  f"in room {seed} (inside or too close to an obstacle)")
         else:
             pose = scene.sample_pose(rng, self.camera_radius)
-        task_state = self.task.plan(scene, pose[:3, 3].numpy(), rng, values)
+        task_values = {key: value for key, value in values.items() if key in self.task.option_keys}
+        task_state = self.task.start(Episode(world=world, start_pose=pose, fov=self.fov), rng, task_values)
         noise = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
         image = values.get("start_image")
         if image is None:
             image = world.renderer.render(pose[None], self.intrinsics, self.resolution, self.resolution).rgb[0]
-        covered = self._seen(world, pose[None], torch.zeros(1))
-        navigable = int(scene.navigable.sum())
-        sub = _SubEnv(world=world, pose=pose, noise=noise, covered=covered, navigable=navigable,
-                      task_state=task_state, rgb=np.empty(0), depth=np.empty(0))
+        sub = _SubEnv(world=world, pose=pose, noise=noise, task_state=task_state, rgb=np.empty(0), depth=np.empty(0))
         return sub, image
-
-    def _seen(self, world: World, poses: Tensor, times: Tensor) -> np.ndarray:
-        """Navigable cells seen from ``poses`` ``[T, 4, 4]``, with ground-truth depth at low resolution."""
-        size = COVERAGE_RESOLUTION
-        depth = world.renderer.render(poses, self.coverage_intrinsics, size, size, time=times).depth
-        return world.scene.coverage(depth, poses, self.coverage_intrinsics)
 
     def reset(
         self, indices: Sequence[int], rngs: Sequence[np.random.Generator], options: dict[str, Any] | None = None
@@ -275,9 +325,10 @@ class MirageSimulator:
                  for k, rng in enumerate(rngs)]
         images = torch.stack([image for _, image in plans])
         poses = torch.stack([sub.pose for sub, _ in plans])
-        extra = {"renderers": [sub.world.renderer for sub, _ in plans]} if self.oracle else {}
+        renderers = [sub.world.renderer for sub, _ in plans]  # used by a generator that renders the ground truth
         started = time.perf_counter()
-        out = self.generator.start(images, poses, self.intrinsics, scenes=None if full else indices, **extra)
+        out = self.generator.start(images, poses, self.intrinsics, scenes=None if full else indices,
+                                   renderers=renderers)
         elapsed = time.perf_counter() - started
         rgb = out.rgb[:, 0].cpu().numpy()
         depth = self._clip_depth(out.depth[:, 0])
@@ -291,14 +342,9 @@ class MirageSimulator:
             np.repeat(depth[:, None], t, axis=1),
             poses[:, None].expand(-1, t, -1, -1),
         )
-        infos = [self._info(i, collided=False, step_time=elapsed / batch, extra=self._reset_extra(i)) for i in indices]
+        infos = [self._info(i, collided=False, step_time=elapsed / batch,
+                            extra=self.task.reset_info(self._subenvs[i].task_state)) for i in indices]
         return obs, infos
-
-    def _reset_extra(self, i: int) -> dict[str, Any]:
-        state = self._subenvs[i].task_state
-        if state is None:
-            return {}
-        return {"success": False, "distance_to_goal": float(state.distance)}
 
     # ------------------------------------------------------------------ step
 
@@ -333,13 +379,11 @@ class MirageSimulator:
         extras = []
         frame_times = torch.arange(1, t + 1, dtype=torch.float32) * self.frame_time
         for i, sub in enumerate(subs):
-            seen = self._seen(sub.world, poses[i], sub.time + frame_times)
-            new_cells = int((seen & ~sub.covered).sum())
-            sub.covered |= seen
-            position = poses[i, -1, :3, 3].numpy()
-            reward, done, extra = self.task.reward(sub.world.scene, sub.task_state, position, collided[i], new_cells)
-            rewards[i], terminated[i] = reward, done
-            extras.append(extra)
+            transition = Transition(world=sub.world, poses=poses[i], times=sub.time + frame_times,
+                                    collided=bool(collided[i]), depth=depth[i])
+            result = self.task.step(sub.task_state, transition)
+            rewards[i], terminated[i] = result.reward, result.terminated
+            extras.append(result.info)
             sub.pose = poses[i, -1].clone()
             sub.time += t * self.frame_time
             sub.frames += t
@@ -377,7 +421,6 @@ class MirageSimulator:
             "memory_bytes": int(self.generator.memory_bytes()[i]),
             "frames_generated": int(sub.frames),
             "collided": bool(collided),
-            "coverage": sub.coverage,
             **extra,
         }
         if self.report_step_time:

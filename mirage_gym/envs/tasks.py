@@ -1,12 +1,32 @@
-"""The tasks of the environments: exploration (coverage) and point-goal navigation (PointNav).
+"""The tasks of the environments: what a step is worth, when an episode ends, what info reports.
 
-Both are computed on the ground-truth scene, never on generated frames, so rewards are
-exact and do not depend on how good the generator is:
+A :class:`Task` owns its reset options (and their validation), its per-episode state (the
+floor seen so far, a goal), its observations, its info keys and its reward terms; the
+simulator only calls its hooks:
+
+=========================================  ===================================================
+hook                                       returns
+=========================================  ===================================================
+``check_option(key, value)``               one sub-env's validated option value (``ValueError``)
+``start(episode, rng, options)``           the episode's :class:`TaskState` (nothing mutated)
+``observation_spaces()`` / ``observe``     extra observation entries (e.g. ``"goal"``)
+``rewards(state, transition, new_floor)``  the reward terms ``{name: float}``, of ``reward_terms``
+``terminated(state)``                      whether the episode ends (after ``rewards``)
+``info(state)``                            the task's info entries (``"coverage"``, ...)
+=========================================  ===================================================
+
+:meth:`Task.step` and :meth:`Task.reset_info` tie them together: every info carries
+``reward_<term>`` for each declared term (0 at reset), and the reward is their sum. Adding a
+task is one subclass plus its registration (:func:`mirage_gym.register`-style
+``gymnasium.register`` with an entry point that builds an env around it).
+
+Both built-in tasks are computed on the ground-truth house, never on generated frames, so
+rewards are exact and do not depend on how good the generator is:
 
 * **Coverage** -- after every step the chunk's camera poses are rendered with ground-truth
   depth at :data:`COVERAGE_RESOLUTION` pixels (cheap: a few milliseconds) and
   :meth:`Scene.coverage` marks the navigable floor cells seen within 3 m. A cell counts once
-  per episode.
+  per episode. Every task keeps it (``info["coverage"]``); exploration is rewarded by it.
 * **Geodesic distance** -- shortest paths over the free navigation cells (8-neighbourhood,
   no corner cutting) from the goal, computed once per episode with Dijkstra; the distance
   of a position is the smallest ``|p - c| + D(c)`` over the 3x3 cells ``c`` around it, so it is
@@ -17,74 +37,224 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from gymnasium import spaces
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
+from torch import Tensor
 
+from mirage_gym import geometry
+from mirage_gym.envs.worlds import World
 from mirage_gym.world import Scene
 
-__all__ = ["COVERAGE_RESOLUTION", "Task", "ExplorationTask", "PointNavTask", "NavState", "geodesic_distances"]
+__all__ = [
+    "COVERAGE_RESOLUTION",
+    "Coverage",
+    "Episode",
+    "ExplorationTask",
+    "NavState",
+    "PointNavTask",
+    "Task",
+    "TaskState",
+    "TaskStep",
+    "Transition",
+    "geodesic_distances",
+    "reward_key",
+]
 
 COVERAGE_RESOLUTION = 32  # pixels of the ground-truth depth used for coverage
 
 
+def reward_key(term: str) -> str:
+    """The info key of a reward term (``"coverage"`` -> ``"reward_coverage"``, as Gymnasium's MuJoCo envs)."""
+    return f"reward_{term}"
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A sub-env's new episode as a task sees it in :meth:`Task.start`."""
+
+    world: World  # the procedural house (scene and renderer)
+    start_pose: Tensor  # [4, 4] cam_to_world of the start view
+    fov: float  # degrees, the env camera's field of view
+
+    @property
+    def scene(self) -> Scene:
+        return self.world.scene
+
+    @property
+    def start(self) -> np.ndarray:
+        """The start position ``[3]`` (float32, metres)."""
+        return self.start_pose[:3, 3].numpy()
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One step of a sub-env as a task sees it in :meth:`Task.step` (collisions already applied)."""
+
+    world: World
+    poses: Tensor  # [T, 4, 4] the chunk's poses: the motion that was allowed
+    times: Tensor  # [T] seconds since the episode start, of each frame
+    collided: bool  # whether an obstacle stopped the move
+    depth: np.ndarray  # [T, H, W] the chunk's generated depth (metres, clipped to the observation space)
+
+    @property
+    def position(self) -> np.ndarray:
+        """Where the step ended ``[3]`` (float32, metres)."""
+        return self.poses[-1, :3, 3].numpy()
+
+
+class Coverage:
+    """The navigable floor cells of the house seen this episode (ground-truth depth, see the module)."""
+
+    def __init__(self, episode: Episode) -> None:
+        self.world = episode.world
+        self.intrinsics = geometry.intrinsics_from_fov(episode.fov, COVERAGE_RESOLUTION, COVERAGE_RESOLUTION)
+        self.covered = self._seen(episode.start_pose[None], torch.zeros(1))  # [gh, gw] bool
+        self.navigable = int(self.world.scene.navigable.sum())
+
+    def _seen(self, poses: Tensor, times: Tensor) -> np.ndarray:
+        size = COVERAGE_RESOLUTION
+        depth = self.world.renderer.render(poses, self.intrinsics, size, size, time=times).depth
+        return self.world.scene.coverage(depth, poses, self.intrinsics)
+
+    def update(self, poses: Tensor, times: Tensor) -> float:
+        """Mark what ``poses`` ``[T, 4, 4]`` at ``times`` ``[T]`` see; returns the newly seen floor in m^2."""
+        seen = self._seen(poses, times)
+        new_cells = int((seen & ~self.covered).sum())
+        self.covered |= seen
+        return new_cells * self.world.scene.grid_cell**2
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the navigable floor seen this episode."""
+        return float(self.covered.sum()) / max(self.navigable, 1)
+
+
 @dataclass
-class NavState:
+class TaskState:
+    """Per-episode state every task keeps; a task with more state subclasses it."""
+
+    coverage: Coverage
+
+
+@dataclass
+class NavState(TaskState):
     """Per-episode state of PointNav: the goal and the geodesic distance field towards it."""
 
     goal: np.ndarray  # [3] world position
     distances: np.ndarray  # [gh, gw] metres from each cell centre to the goal (inf: unreachable)
     distance: float  # current geodesic distance of the camera
+    success: bool = False
+
+
+@dataclass(frozen=True)
+class TaskStep:
+    """What :meth:`Task.step` returns: the reward (the sum of the terms), termination, the info entries."""
+
+    reward: float
+    terminated: bool
+    info: dict[str, Any]
 
 
 class Task(ABC):
-    """What a task adds to observations, options and rewards."""
+    """What a task adds to options, observations, rewards and info. See the module for the hooks.
 
-    option_keys: frozenset[str] = frozenset()
+    Class attributes:
+        option_dims: the task's reset options, each with the number of dimensions of one
+            sub-env's value (a vector env's reset may add one leading dimension: one value per
+            reset sub-env, split by the simulator before :meth:`check_option`).
+        reward_terms: the names of the reward terms :meth:`rewards` returns, reported in
+            ``info["reward_<term>"]``.
+    """
+
+    option_dims: ClassVar[Mapping[str, int]] = {}
+    reward_terms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, collision_penalty: float = 0.1) -> None:
-        if not math.isfinite(collision_penalty) or collision_penalty < 0:
-            raise ValueError(f"collision_penalty must be finite and >= 0, got {collision_penalty}")
+        if not isinstance(collision_penalty, (int, float)) or not math.isfinite(collision_penalty) \
+                or collision_penalty < 0:
+            raise ValueError(f"collision_penalty must be finite and >= 0, got {collision_penalty!r}")
         self.collision_penalty = float(collision_penalty)
+
+    @property
+    def option_keys(self) -> frozenset[str]:
+        return frozenset(self.option_dims)
+
+    # ------------------------------------------------------------------ hooks
+
+    def check_option(self, key: str, value: Any) -> Any:
+        """One sub-env's value of the task's option ``key``, validated and converted (``ValueError``)."""
+        return value
 
     def observation_spaces(self) -> dict[str, spaces.Space]:
         return {}
 
-    def plan(self, scene: Scene, start: np.ndarray, rng: np.random.Generator, options: dict[str, Any]) -> Any:
-        """Validate the task's reset options and draw its per-episode state (nothing is mutated)."""
-        return None
+    def start(self, episode: Episode, rng: np.random.Generator, options: dict[str, Any]) -> TaskState:
+        """The episode's state (``options``: the task's checked options; draw only from ``rng``)."""
+        return TaskState(coverage=Coverage(episode))
 
-    def observe(self, state: Any, cam_to_world: np.ndarray) -> dict[str, np.ndarray]:
+    def observe(self, state: TaskState, cam_to_world: np.ndarray) -> dict[str, np.ndarray]:
         return {}
 
     @abstractmethod
-    def reward(
-        self, scene: Scene, state: Any, position: np.ndarray, collided: bool, new_cells: int
-    ) -> tuple[float, bool, dict[str, Any]]:
-        """Reward, termination and extra info of one step (``new_cells``: navigable cells first seen now)."""
+    def rewards(self, state: TaskState, transition: Transition, new_floor: float) -> dict[str, float]:
+        """The reward terms of one step, one per name in :attr:`reward_terms` (``new_floor``: m^2 first seen)."""
+
+    def terminated(self, state: TaskState) -> bool:
+        return False
+
+    def info(self, state: TaskState) -> dict[str, Any]:
+        """The task's info entries, at reset and after every step (the same keys each time)."""
+        return {"coverage": state.coverage.fraction}
+
+    # ------------------------------------------------------------------ called by the simulator
+
+    def reset_info(self, state: TaskState) -> dict[str, Any]:
+        return {**self.info(state), **{reward_key(term): 0.0 for term in self.reward_terms}}
+
+    def step(self, state: TaskState, transition: Transition) -> TaskStep:
+        new_floor = state.coverage.update(transition.poses, transition.times)
+        terms = self.rewards(state, transition, new_floor)
+        if list(terms) != list(self.reward_terms):
+            raise RuntimeError(f"{type(self).__name__}.rewards returned the terms {list(terms)}, but its "
+                               f"reward_terms declare {list(self.reward_terms)}")
+        reward = sum(terms.values())
+        info = {**self.info(state), **{reward_key(term): float(value) for term, value in terms.items()}}
+        return TaskStep(reward=float(reward), terminated=bool(self.terminated(state)), info=info)
+
+    def _collision(self, transition: Transition) -> float:
+        return -self.collision_penalty if transition.collided else 0.0
 
 
 class ExplorationTask(Task):
-    """``MirageRoom-v0``: newly covered navigable floor (m^2) minus ``collision_penalty`` per collision."""
+    """``MirageRoom-v0``: newly covered navigable floor (m^2) minus ``collision_penalty`` per collision.
 
-    def reward(self, scene, state, position, collided, new_cells):
-        area = new_cells * scene.grid_cell**2
-        return area - self.collision_penalty * float(collided), False, {}
+    Reward terms: ``coverage`` (the floor first seen in the step, m^2) and ``collision``.
+    """
+
+    reward_terms = ("coverage", "collision")
+
+    def rewards(self, state, transition, new_floor):
+        return {"coverage": new_floor, "collision": self._collision(transition)}
 
 
 class PointNavTask(Task):
     """``MirageRoomNav-v0``: Habitat-style PointNav with a dense geodesic progress reward.
 
-    Reward per step: the decrease of the geodesic distance to the goal (metres), minus
-    ``collision_penalty`` per collision, plus ``success_bonus`` when the camera gets within
-    ``success_distance`` (geodesic) of the goal, which ends the episode.
+    Reward terms: ``progress`` (the decrease of the geodesic distance to the goal, metres),
+    ``collision`` (``-collision_penalty`` per collision) and ``success`` (``success_bonus`` when
+    the camera gets within ``success_distance``, geodesic, of the goal, which ends the episode).
+    Reset option ``goal``: a world position ``[3]`` on the free floor, reachable from the start.
     """
 
-    option_keys = frozenset({"goal"})
+    option_dims = {"goal": 1}
+    reward_terms = ("progress", "collision", "success")
 
     def __init__(
         self,
@@ -94,44 +264,58 @@ class PointNavTask(Task):
         min_goal_distance: float = 1.0,
     ) -> None:
         super().__init__(collision_penalty)
-        if not success_distance > 0 or not min_goal_distance > success_distance or not success_bonus >= 0:
+        if not success_distance > 0 or not min_goal_distance > success_distance or not success_bonus >= 0 \
+                or not math.isfinite(min_goal_distance) or not math.isfinite(success_bonus):
             raise ValueError(
-                f"need success_distance > 0, min_goal_distance > success_distance and success_bonus >= 0, got "
-                f"{success_distance}, {min_goal_distance} and {success_bonus}"
+                f"need success_distance > 0, min_goal_distance > success_distance and success_bonus >= 0 (finite), "
+                f"got {success_distance}, {min_goal_distance} and {success_bonus}"
             )
         self.success_distance = float(success_distance)
         self.success_bonus = float(success_bonus)
         self.min_goal_distance = float(min_goal_distance)
 
+    def check_option(self, key, value):
+        goal = np.asarray(value, dtype=np.float64)
+        if goal.shape != (3,) or not np.isfinite(goal).all():
+            raise ValueError(f"options['goal'] must be a finite world position [3], got shape {list(goal.shape)}")
+        return goal
+
     def observation_spaces(self) -> dict[str, spaces.Space]:
         # Houses are at most a few tens of metres across.
         return {"goal": spaces.Box(-100.0, 100.0, (3,), np.float32)}
 
-    def plan(self, scene, start, rng, options):
+    def start(self, episode, rng, options):
+        scene, start = episode.scene, episode.start
         if "goal" in options:
-            goal = np.asarray(options["goal"], dtype=np.float64)
-            if goal.shape != (3,) or not np.isfinite(goal).all():
-                raise ValueError(f"options['goal'] must be a finite world position [3], got shape {goal.shape}")
-            goal = goal.astype(np.float32)
+            goal = options["goal"].astype(np.float32)
         else:
             goal = scene.sample_goal(rng, start, self.min_goal_distance)
         distances = geodesic_distances(scene, goal)
         distance = geodesic_distance(scene, distances, start)
         if not math.isfinite(distance):
             raise ValueError(f"the goal {goal.tolist()} cannot be reached from the start {start.tolist()}")
-        return NavState(goal=goal, distances=distances, distance=distance)
+        return NavState(coverage=Coverage(episode), goal=goal, distances=distances, distance=distance)
 
     def observe(self, state: NavState, cam_to_world: np.ndarray) -> dict[str, np.ndarray]:
         rot, centre = cam_to_world[:3, :3], cam_to_world[:3, 3]
         return {"goal": (rot.T @ (state.goal - centre)).astype(np.float32)}
 
-    def reward(self, scene, state: NavState, position, collided, new_cells):
-        distance = geodesic_distance(scene, state.distances, position)
+    def rewards(self, state: NavState, transition, new_floor):
+        distance = geodesic_distance(transition.world.scene, state.distances, transition.position)
         progress = state.distance - distance
         state.distance = distance
-        success = distance <= self.success_distance
-        reward = progress - self.collision_penalty * float(collided) + self.success_bonus * float(success)
-        return reward, success, {"success": success, "distance_to_goal": distance}
+        state.success = distance <= self.success_distance
+        return {
+            "progress": progress,
+            "collision": self._collision(transition),
+            "success": self.success_bonus if state.success else 0.0,
+        }
+
+    def terminated(self, state: NavState) -> bool:
+        return state.success
+
+    def info(self, state: NavState) -> dict[str, Any]:
+        return {**super().info(state), "success": bool(state.success), "distance_to_goal": float(state.distance)}
 
 
 def geodesic_distances(scene: Scene, goal: np.ndarray) -> np.ndarray:

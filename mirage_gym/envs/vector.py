@@ -25,13 +25,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from mirage_gym.envs.actions import to_motion
-from mirage_gym.envs.simulator import RENDER_LAYOUTS, MirageSimulator
-from mirage_gym.envs.tasks import ExplorationTask, PointNavTask, Task
+from mirage_gym.envs.generators import GeneratorSpec
+from mirage_gym.envs.room import MirageRoomEnv, MirageRoomNavEnv, exploration_task, settings_from
+from mirage_gym.envs.simulator import RENDER_LAYOUTS, MirageSimulator, SimulatorSettings, check_setting
+from mirage_gym.envs.tasks import PointNavTask, Task
 
 __all__ = ["MirageRoomVectorEnv", "MirageRoomNavVectorEnv"]
 
@@ -41,15 +44,15 @@ class _MirageVectorEnv(VectorEnv):
 
     def __init__(
         self, num_envs: int, task: Task, render_mode: str | None, render_layout: str, max_episode_steps: int | None,
-        kwargs: dict[str, Any],
+        settings: SimulatorSettings,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         if render_layout not in RENDER_LAYOUTS:
             raise ValueError(f"render_layout must be one of {RENDER_LAYOUTS}, got {render_layout!r}")
-        if max_episode_steps is not None and int(max_episode_steps) < 1:
-            raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
-        self.simulator = MirageSimulator(num_envs, task, **kwargs)
+        if max_episode_steps is not None:
+            max_episode_steps = check_setting("max_episode_steps", max_episode_steps)
+        self.simulator = MirageSimulator(num_envs, task, settings)
         self.num_envs = self.simulator.num_envs
         self.render_mode = render_mode
         self.render_layout = render_layout
@@ -60,6 +63,10 @@ class _MirageVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._rngs: list[np.random.Generator] | None = None
         self._elapsed = np.zeros(self.num_envs, np.int64)
+
+    @property
+    def task(self) -> Task:
+        return self.simulator.task
 
     @property
     def generator(self):
@@ -146,15 +153,22 @@ class _MirageVectorEnv(VectorEnv):
         return tuple(self.simulator.render_frame(i, self.render_layout) for i in range(self.num_envs))
 
 
-class MirageRoomVectorEnv(_MirageVectorEnv):
-    """``num_envs`` batched ``MirageRoom-v0`` sub-envs (see :class:`~mirage_gym.envs.MirageRoomEnv`).
+_VECTOR_ARGUMENTS = """
+    | Parameter | Type | Default | Description |
+    |-----------|------|---------|-------------|
+    | ``num_envs`` | ``int`` | ``1`` | sub-environments, all stepped by one generator call (1-1024) |
+    | ``max_episode_steps`` | ``int \\| None`` | from the registration | truncation per sub-env |
+    | ``render_mode`` | ``str \\| None`` | ``None`` | ``None`` or ``"rgb_array"`` (a tuple with one frame per sub-env) |
 
-    Args:
-        num_envs: sub-environments, all stepped by one generator call.
-        max_episode_steps: truncation per sub-env (200, from the registration).
-        render_mode: ``None`` or ``"rgb_array"`` (a tuple with one frame per sub-env).
-        kwargs: as ``MirageRoomEnv`` (``generator``, ``memory``, ``resolution``, ``chunk``, ...).
-    """
+    Every other argument is that of the single env, with the same type, default and meaning.
+"""
+
+
+class MirageRoomVectorEnv(_MirageVectorEnv):
+    __doc__ = """``num_envs`` batched ``MirageRoom-v0`` sub-envs (see :class:`~mirage_gym.envs.MirageRoomEnv`).
+
+    ## Arguments
+    """ + _VECTOR_ARGUMENTS
 
     def __init__(
         self,
@@ -163,15 +177,37 @@ class MirageRoomVectorEnv(_MirageVectorEnv):
         *,
         max_episode_steps: int | None = 200,
         render_layout: str = "frame",
+        generator: GeneratorSpec = "default",
+        memory: str = "latent",
+        resolution: int = 128,
+        chunk: int = 4,
+        fov: float = 90.0,
+        num_inference_steps: int | None = None,
+        room_seeds: Sequence[int] | None = None,
+        num_rooms: int | None = None,
+        moving_objects: int = 0,
+        action_type: str = "continuous",
+        max_translation: float = 0.25,
+        max_rotation: float = 15.0,
+        max_pitch: float = 60.0,
+        frame_time: float = 0.25,
+        camera_radius: float = 0.2,
+        max_depth: float = 20.0,
+        report_step_time: bool = False,
+        device: torch.device | str = "cpu",
         collision_penalty: float = 0.1,
-        **kwargs: Any,
+        task: Task | None = None,
     ) -> None:
-        super().__init__(num_envs, ExplorationTask(collision_penalty), render_mode, render_layout, max_episode_steps,
-                         kwargs)
+        settings = settings_from(locals())
+        super().__init__(num_envs, exploration_task(task, collision_penalty), render_mode, render_layout,
+                         max_episode_steps, settings)
 
 
 class MirageRoomNavVectorEnv(_MirageVectorEnv):
-    """``num_envs`` batched ``MirageRoomNav-v0`` sub-envs (see :class:`~mirage_gym.envs.MirageRoomNavEnv`)."""
+    __doc__ = """``num_envs`` batched ``MirageRoomNav-v0`` sub-envs (see :class:`~mirage_gym.envs.MirageRoomNavEnv`).
+
+    ## Arguments
+    """ + _VECTOR_ARGUMENTS
 
     def __init__(
         self,
@@ -180,11 +216,33 @@ class MirageRoomNavVectorEnv(_MirageVectorEnv):
         *,
         max_episode_steps: int | None = 100,
         render_layout: str = "frame",
+        generator: GeneratorSpec = "default",
+        memory: str = "latent",
+        resolution: int = 128,
+        chunk: int = 4,
+        fov: float = 90.0,
+        num_inference_steps: int | None = None,
+        room_seeds: Sequence[int] | None = None,
+        num_rooms: int | None = None,
+        moving_objects: int = 0,
+        action_type: str = "continuous",
+        max_translation: float = 0.25,
+        max_rotation: float = 15.0,
+        max_pitch: float = 60.0,
+        frame_time: float = 0.25,
+        camera_radius: float = 0.2,
+        max_depth: float = 20.0,
+        report_step_time: bool = False,
+        device: torch.device | str = "cpu",
         collision_penalty: float = 0.1,
         success_distance: float = 0.5,
         success_bonus: float = 10.0,
         min_goal_distance: float = 1.0,
-        **kwargs: Any,
     ) -> None:
+        settings = settings_from(locals())
         task = PointNavTask(collision_penalty, success_distance, success_bonus, min_goal_distance)
-        super().__init__(num_envs, task, render_mode, render_layout, max_episode_steps, kwargs)
+        super().__init__(num_envs, task, render_mode, render_layout, max_episode_steps, settings)
+
+
+# The single and vector classes take the same keywords (tests/test_vector_env.py checks it).
+PAIRS = ((MirageRoomEnv, MirageRoomVectorEnv), (MirageRoomNavEnv, MirageRoomNavVectorEnv))

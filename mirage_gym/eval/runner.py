@@ -44,7 +44,8 @@ from mirage_gym.eval.trajectories import KINDS, EvalTrajectory, eval_trajectorie
 from mirage_gym.geometry import intrinsics_from_fov
 from mirage_gym.memory import pool_fraction
 from mirage_gym.metrics import abs_rel, psnr, ssim, to_unit_chw
-from mirage_gym.model.generator import MEMORY_MODES, ChunkOutput, MirageGenerator
+from mirage_gym.model.generator import MEMORY_MODES, ChunkOutput
+from mirage_gym.model.protocols import Generator
 from mirage_gym.world import Renderer
 
 __all__ = ["MODES", "METRICS", "EvalConfig", "GroundTruth", "Rollout", "render_truth", "rollout", "score", "evaluate",
@@ -139,9 +140,6 @@ class Rollout:
     dynamic_visible: int | None  # tokens on moving objects in the frames written
 
 
-Generator = MirageGenerator | OracleGenerator
-
-
 def _dynamic_counts(
     generator: Generator, out: ChunkOutput, poses: Tensor, intrinsics: Tensor, static: Tensor
 ) -> tuple[int, int] | None:
@@ -151,7 +149,7 @@ def _dynamic_counts(
     chunk, so this is exactly what :meth:`MirageGenerator.step` wrote); a token is on a moving object
     when at least half of its ground-truth pixels are.
     """
-    if not isinstance(generator, MirageGenerator) or generator.memory == "none":
+    if generator.renders_ground_truth or generator.memory == "none":  # no memory write to measure
         return None
     sf = generator.vae.spatial_factor
     height, width = out.rgb.shape[2:4]
@@ -180,10 +178,7 @@ def rollout(
     if (poses.shape[0] - 1) % chunk:
         raise ValueError(f"a trajectory of {poses.shape[0]} frames is not 1 + whole chunks of {chunk}")
     noise = torch.Generator(device=generator.device).manual_seed(seed)
-    if isinstance(generator, OracleGenerator):
-        start = generator.start(truth.rgb[:1], poses[:1], intrinsics, renderers=[truth.renderer])
-    else:
-        start = generator.start(truth.rgb[:1], poses[:1], intrinsics)
+    start = generator.start(truth.rgb[:1], poses[:1], intrinsics, renderers=[truth.renderer])
     rgb, depth = [start.rgb[0].cpu()], [start.depth[0].cpu()]
     dyn = _dynamic_counts(generator, start, poses[:1], intrinsics, truth.static[:1])
     written, visible = (None, None) if dyn is None else dyn
@@ -288,14 +283,13 @@ def summarize(rows: list[dict[str, Any]], modes: Sequence[str]) -> dict[str, dic
     return summary
 
 
-def _with_memory(generator: MirageGenerator, mode: str) -> MirageGenerator:
-    # The memory mode is only read when a scene starts, so one set of weights serves every mode.
-    generator.memory = mode
+def _with_memory(generator: Generator, mode: str) -> Generator:
+    generator.set_memory(mode)  # one set of weights serves every mode
     return generator
 
 
 def evaluate(
-    generator: MirageGenerator | OracleGenerator,
+    generator: Generator,
     config: EvalConfig | None = None,
     *,
     name: str = "generator",
@@ -303,29 +297,31 @@ def evaluate(
 ) -> EvalResult:
     """Run every trajectory of ``config`` through ``generator`` in each of ``config.modes`` and score it.
 
-    ``generator`` is a :class:`MirageGenerator` (its memory mode is switched per run and restored
-    afterwards) or an :class:`OracleGenerator` (then only ``"oracle"`` runs). The ``"oracle"`` mode
-    of a ``MirageGenerator`` evaluation uses a fresh :class:`OracleGenerator`.
+    ``generator`` is a generated world such as :class:`MirageGenerator` (its memory mode is switched
+    per run and restored afterwards) or one that renders the ground truth, such as
+    :class:`OracleGenerator` (then only ``"oracle"`` runs). The ``"oracle"`` mode of a generated
+    world's evaluation uses a fresh :class:`OracleGenerator`.
     """
     from tqdm.auto import tqdm
 
     config = config or EvalConfig()
     config.validate()
     modes = tuple(config.modes)
-    if isinstance(generator, OracleGenerator):
+    if not isinstance(generator, Generator):
+        raise TypeError(f"generator must implement mirage_gym.model.protocols.Generator (a MirageGenerator or an "
+                        f"OracleGenerator), got {type(generator).__name__}")
+    if generator.renders_ground_truth:
         if modes != ("oracle",) and "oracle" not in modes:
             raise ValueError(f"the oracle generator only runs mode 'oracle', got modes {list(modes)}")
         if generator.frame_time != config.frame_time:
             raise ValueError(f"the oracle's frame_time ({generator.frame_time}) must equal config.frame_time "
                              f"({config.frame_time}): the ground truth is rendered at the same times")
         modes = ("oracle",)
-    elif not isinstance(generator, MirageGenerator):
-        raise TypeError(f"generator must be a MirageGenerator or an OracleGenerator, got {type(generator).__name__}")
     k = intrinsics_from_fov(config.fov_deg, config.resolution, config.resolution)
     paths = eval_trajectories(config.kinds, config.rooms, config.chunk, dict(config.chunks),
                               moving_objects=config.moving_objects, seed=config.seed)
-    oracle = generator if isinstance(generator, OracleGenerator) else OracleGenerator(frame_time=config.frame_time)
-    original = generator.memory if isinstance(generator, MirageGenerator) else None
+    oracle = generator if generator.renders_ground_truth else OracleGenerator(frame_time=config.frame_time)
+    original = None if generator.renders_ground_truth else generator.memory
     rows = []
     bar = tqdm(total=len(paths) * len(modes), desc="eval", disable=not progress, dynamic_ncols=True)
     try:
@@ -341,5 +337,5 @@ def evaluate(
     finally:
         bar.close()
         if original is not None:
-            generator.memory = original
+            generator.set_memory(original)
     return EvalResult(config=asdict(config), generator=name, rows=rows, summary=summarize(rows, modes))

@@ -47,6 +47,7 @@ list of ``B`` generators is given, so a batch equals ``B`` single runs.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -228,7 +229,7 @@ class MirageGenerator(nn.Module):
         self.depth_head = depth_head
         self.scheduler = _scheduler_with_shift(scheduler, shift)
         self.boundary_ratio = boundary_ratio
-        self.memory = memory
+        self._memory = memory
         self.num_inference_steps = num_inference_steps
         self.voxel_size = voxel_size
         self.cache_capacity = cache_capacity
@@ -298,6 +299,49 @@ class MirageGenerator(nn.Module):
         )
 
     # ------------------------------------------------------------------ state
+
+    renders_ground_truth = False  # the Generator protocol (mirage_gym.model.protocols): frames are generated
+    memory_modes = MEMORY_MODES
+
+    @property
+    def memory(self) -> str:
+        """The scene memory: ``"latent"``, ``"pixel"`` or ``"none"`` (switch it with :meth:`set_memory`)."""
+        return self._memory
+
+    def set_memory(self, mode: str) -> None:
+        """Switch the scene memory; correct at any time, also mid-episode.
+
+        Running scenes keep their context frames and continue with an empty store of the new kind
+        (latent tokens cannot become pixels or the reverse), so every later :meth:`step` reads and
+        writes the store it was made with. Switching to the current mode changes nothing.
+        """
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {mode!r}")
+        if mode == self._memory:
+            return
+        self._memory = mode
+        if self._context is not None:
+            self._store = self._new_store(self.batch_size)
+
+    @property
+    def max_depth(self) -> float:
+        """Metres: the largest depth the depth head predicts."""
+        return float(self.depth_head.config.max_depth)
+
+    def check_geometry(self, resolution: int, chunk: int) -> None:
+        """``ValueError`` unless chunks of ``chunk`` square frames of ``resolution`` pixels fit the model."""
+        sf = self.vae.spatial_factor
+        _, p_h, p_w = self.transformer.config.patch_size
+        multiple = math.lcm(sf * p_h, sf * p_w)
+        if resolution % multiple:
+            raise ValueError(
+                f"resolution {resolution} must be a multiple of {multiple} for this generator "
+                f"(VAE factor {sf} x patch {p_h}x{p_w})"
+            )
+        try:
+            self.vae.num_latent_frames(chunk)
+        except ValueError as err:
+            raise ValueError(f"chunk={chunk} does not fit this generator's VAE: {err}") from err
 
     def _reset_state(self) -> None:
         self._store: LatentCache | PointCloudMemory | None = None
@@ -412,6 +456,8 @@ class MirageGenerator(nn.Module):
         cam_to_world: Tensor,
         intrinsics: Tensor,
         scenes: Sequence[int] | Tensor | None = None,
+        *,
+        renderers: Sequence[object] | None = None,
     ) -> ChunkOutput:
         """Image-to-video start: encode start images, predict their depth, write them to the memory.
 
@@ -421,6 +467,8 @@ class MirageGenerator(nn.Module):
             intrinsics: ``[3, 3]`` pixel camera, shared by all scenes.
             scenes: ``None`` starts ``B = S`` fresh scenes (all memory is dropped); otherwise the
                 indices (into the current ``B``) of the scenes to reset, the others are untouched.
+            renderers: ignored (the ground truth a renderer-backed generator needs; part of
+                the :class:`~mirage_gym.model.protocols.Generator` interface).
 
         Returns:
             the start frame as a one-frame :class:`ChunkOutput` (the input images and their

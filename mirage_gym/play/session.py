@@ -25,7 +25,7 @@ import torch
 from mirage_gym import geometry
 from mirage_gym.envs import MirageRoomEnv
 from mirage_gym.memory import LatentCache
-from mirage_gym.model.generator import MEMORY_MODES, MirageGenerator
+from mirage_gym.model.generator import MEMORY_MODES
 from mirage_gym.play.latent_rgb import LatentColorProbe, calibration_colors
 from mirage_gym.play.topdown import TopDownMap
 from mirage_gym.video import colorize_depth, side_by_side, write_video
@@ -170,7 +170,7 @@ class PlaySession:
         self._path: list[np.ndarray] = []
         self._probe: LatentColorProbe | None = None
         self._env = self._make_env(memory)
-        self.oracle = not isinstance(self._env.generator, MirageGenerator)
+        self.oracle = self._env.generator.renders_ground_truth
         self._memory = memory
         self._start_image: np.ndarray | None = None
         self._seed = seed
@@ -226,7 +226,7 @@ class PlaySession:
 
     def _memory_points(self) -> tuple[np.ndarray, np.ndarray, int]:
         """World points, colours and the count of the scene memory (empty for ``none`` and the oracle)."""
-        store = None if self.oracle else self._env.generator.memory_store
+        store = self._env.generator.memory_store  # None for "none" and the oracle
         if store is None:
             return np.empty((0, 3), np.float32), np.empty((0, 3), np.uint8), 0
         xyz, values = store.points(0)

@@ -9,7 +9,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import mirage_gym  # noqa: F401  (registers the environments)
-from mirage_gym.envs import MirageRoomEnv, MirageRoomNavEnv, OracleGenerator
+from mirage_gym.envs import MirageRoomEnv, MirageRoomNavEnv, OracleGenerator, Task
+from mirage_gym.memory import LatentCache, PointCloudMemory
 from mirage_gym.envs.rendering import human_render_problem
 from mirage_gym.model.generator import MirageGenerator
 from tiny_generator import CHUNK, RESOLUTION, save_tiny_generator, tiny_env_kwargs
@@ -239,3 +240,206 @@ def test_pointnav_goal_progress_and_success():
     assert obs["goal"][2] == pytest.approx(0.55, abs=1e-3)
     obs, reward, terminated, _, info = env.step(np.array([1.0, 0.0, 0.0, 0.0], np.float32))
     assert terminated and info["success"] and reward > 10.0
+
+
+# ---------------------------------------------------------------------- declared interfaces
+
+
+def test_generators_and_memory_stores_satisfy_the_declared_protocols(tmp_path):
+    from mirage_gym.memory import LatentCache, MemoryStore, PersistentMemoryStore, PointCloudMemory
+    from mirage_gym.model.protocols import Generator
+    from tiny_generator import build_tiny_generator
+
+    gen, oracle = build_tiny_generator(), OracleGenerator()
+    for g in (gen, oracle):
+        assert isinstance(g, Generator)
+    assert not gen.renders_ground_truth and oracle.renders_ground_truth
+    assert gen.max_depth == float(gen.depth_head.config.max_depth) and oracle.max_depth == 20.0
+    assert gen.memory_modes == ("latent", "pixel", "none") and oracle.memory_modes == ()
+    assert gen.memory_store is None and oracle.memory_store is None  # before start
+    with pytest.raises(ValueError, match="resolution 40 must be a multiple of 16"):
+        gen.check_geometry(40, CHUNK)
+    oracle.check_geometry(40, 3)  # the renderer takes any size
+    with pytest.raises(ValueError, match="keeps no memory"):
+        oracle.set_memory("latent")
+    cache, cloud = LatentCache(4, 0.1, 100), PointCloudMemory()
+    assert isinstance(cache, MemoryStore) and isinstance(cloud, MemoryStore)
+    assert isinstance(cache, PersistentMemoryStore) and not isinstance(cloud, PersistentMemoryStore)
+
+
+def test_memory_mode_is_switched_by_one_method_correct_mid_episode():
+    from mirage_gym import geometry
+    from tiny_generator import build_tiny_generator
+
+    k = geometry.intrinsics_from_fov(90.0, RESOLUTION, RESOLUTION)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, RESOLUTION, RESOLUTION, 3), dtype=np.uint8))
+    pose = torch.eye(4)[None]
+    poses = pose[:, None].repeat(1, CHUNK, 1, 1)
+    poses[:, :, 0, 3] = torch.linspace(0.05, 0.1, CHUNK)
+
+    def run(gen, switch_to=None):
+        gen.start(images, pose, k)
+        outs = [gen.step(poses, torch.Generator().manual_seed(0))]
+        if switch_to is not None:
+            gen.set_memory(switch_to)
+        outs.append(gen.step(poses, torch.Generator().manual_seed(1)))
+        return outs
+
+    gen = build_tiny_generator()
+    with pytest.raises(AttributeError):
+        gen.memory = "pixel"  # no flipping from outside: set_memory is the one way
+    with pytest.raises(ValueError, match="memory must be one of"):
+        gen.set_memory("voxels")
+    # Switching before a scene starts is the same as constructing with that mode.
+    switched = build_tiny_generator()
+    switched.set_memory("pixel")
+    parts = build_tiny_generator()
+    built = MirageGenerator(parts.transformer, parts.vae, parts.depth_head, parts.scheduler, memory="pixel",
+                            num_inference_steps=2, context_frames=1, voxel_size=0.1, cache_capacity=4000).eval()
+    for a, b in zip(run(switched), run(built)):
+        assert torch.equal(a.rgb, b.rgb) and torch.equal(a.depth, b.depth)
+    # Mid-episode: the running scene continues with an empty store of the new kind, every mode steps.
+    gen = build_tiny_generator()
+    run(gen)
+    assert gen.memory_bytes()[0] > 0
+    for mode, store in (("none", type(None)), ("pixel", PointCloudMemory), ("latent", LatentCache), ("latent", LatentCache)):
+        before = gen.memory_store
+        gen.set_memory(mode)
+        assert gen.memory == mode and isinstance(gen.memory_store, store)
+        if mode == "latent" and isinstance(before, LatentCache):
+            assert gen.memory_store is before, "switching to the current mode keeps the memory"
+        else:
+            assert gen.memory_bytes() == [0], "another kind of memory starts empty"
+        out = gen.step(poses, torch.Generator().manual_seed(2))
+        assert out.rgb.shape == (1, CHUNK, RESOLUTION, RESOLUTION, 3)
+        assert (gen.memory_bytes()[0] > 0) == (mode != "none")
+
+
+# ---------------------------------------------------------------------- tasks
+
+
+@pytest.mark.parametrize("env_cls", [MirageRoomEnv, MirageRoomNavEnv])
+def test_reward_terms_are_in_info_and_sum_to_the_reward(env_cls):
+    env = env_cls(**oracle_kwargs(max_translation=1.0))
+    terms = [f"reward_{t}" for t in env.task.reward_terms]
+    _, info = env.reset(seed=4)
+    assert all(info[key] == 0.0 for key in terms)
+    keys = set(info)
+    for action in np.random.default_rng(0).uniform(-1, 1, (12, 4)).astype(np.float32):
+        _, reward, terminated, _, info = env.step(action)
+        assert set(info) == keys, "the same info keys at reset and at every step (datasets need it)"
+        assert reward == pytest.approx(sum(info[key] for key in terms), rel=1e-6, abs=1e-6)
+        assert info["reward_collision"] == (-0.1 if info["collided"] else 0.0)
+        if terminated:
+            break
+    assert "coverage" in info and "collided" in info
+
+
+class LookUpTask(Task):
+    """A tiny custom task: reward for looking up, an option for how much, ends when the camera looks up far."""
+
+    option_dims = {"weight": 0}
+    reward_terms = ("pitch", "collision")
+
+    def check_option(self, key, value):
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"options['weight'] must be a number >= 0, got {value!r}")
+        return float(value)
+
+    def start(self, episode, rng, options):
+        state = super().start(episode, rng, options)
+        state.weight = options.get("weight", 1.0)
+        return state
+
+    def rewards(self, state, transition, new_floor):
+        forward = transition.poses[-1, :3, 2]  # the camera's z axis in the world (z up)
+        state.pitch = float(forward[2])
+        return {"pitch": state.weight * state.pitch, "collision": self._collision(transition)}
+
+    def terminated(self, state):
+        return state.pitch > 0.7
+
+    def info(self, state):
+        return {**super().info(state), "weight": state.weight}
+
+
+def test_a_new_task_is_one_class_and_its_registration():
+    gym.register("LookUp-v0", entry_point="mirage_gym.envs:MirageRoomEnv",
+                 vector_entry_point="mirage_gym.envs:MirageRoomVectorEnv", kwargs={"task": LookUpTask()},
+                 max_episode_steps=20)
+    try:
+        env = gym.make("LookUp-v0", **oracle_kwargs())
+        check_env(env.unwrapped)
+        _, info = env.reset(seed=0, options={"weight": 2.0})
+        assert info["weight"] == 2.0 and info["reward_pitch"] == 0.0
+        _, reward, terminated, _, info = env.step(np.array([0, 0, 0, 1], np.float32))
+        assert reward > 0 and reward == pytest.approx(info["reward_pitch"] + info["reward_collision"], rel=1e-6)
+        with pytest.raises(ValueError, match="weight"):
+            env.reset(options={"weight": -1})
+        with pytest.raises(ValueError, match="unknown reset option.*'goal'"):
+            env.reset(options={"goal": [0, 0, 0]})
+        envs = gym.make_vec("LookUp-v0", num_envs=2, vectorization_mode="vector_entry_point", **oracle_kwargs())
+        _, info = envs.reset(seed=0, options={"weight": [1.0, 3.0]})  # one value per sub-env
+        assert info["weight"].tolist() == [1.0, 3.0]
+        with pytest.raises(ValueError, match="collision_penalty belongs"):
+            gym.make("LookUp-v0", collision_penalty=0.5, **oracle_kwargs())
+    finally:
+        gym.registry.pop("LookUp-v0")
+
+
+def test_goal_option_is_validated_by_the_task():
+    env = MirageRoomNavEnv(**oracle_kwargs())
+    for goal in ([1.0, 2.0], [np.nan, 0.0, 0.0]):
+        with pytest.raises(ValueError, match=r"options\['goal'\] must be a finite world position \[3\]"):
+            env.reset(seed=0, options={"goal": goal})
+
+
+# ---------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("max_translation", 1e5, r"max_translation must be in \(0, 2\] metres per step, got 100000.0"),
+    ("max_translation", 0.0, r"max_translation must be in \(0, 2\]"),
+    ("max_translation", float("nan"), r"max_translation must be in \(0, 2\]"),
+    ("max_rotation", 720.0, r"max_rotation must be in \(0, 180\] degrees per step"),
+    ("max_pitch", 90.0, r"max_pitch must be in \(0, 89\] degrees"),
+    ("camera_radius", 5.0, r"camera_radius must be in \(0, 1\] metres"),
+    ("frame_time", -1.0, r"frame_time must be in \(0, 10\]"),
+    ("max_depth", 1e9, r"max_depth must be in \(0, 1000\] metres"),
+    ("fov", 180.0, r"fov must be in \[10, 170\] degrees"),
+    ("resolution", 100_000, r"resolution must be in \[8, 1024\] pixels"),
+    ("resolution", 32.5, r"resolution must be an integer in \[8, 1024\]"),
+    ("resolution", True, r"resolution must be an integer"),
+    ("chunk", 0, r"chunk must be in \[1, 129\] frames per step"),
+    ("num_inference_steps", 0, r"num_inference_steps must be in \[1, 1000\]"),
+    ("moving_objects", -1, r"moving_objects must be in \[0, 32\]"),
+    ("num_rooms", 12, r"num_rooms must be in \[1, 9\]"),
+    ("room_seeds", [1, -2], r"room_seeds must be a non-empty list"),
+    ("memory", "voxels", r"memory must be one of"),
+])
+def test_settings_outside_sensible_ranges_are_refused(name, value, message):
+    for env_cls in (MirageRoomEnv, MirageRoomNavEnv):
+        with pytest.raises(ValueError, match=message):
+            env_cls(**oracle_kwargs(**{name: value}))
+
+
+def test_motion_settings_at_their_bounds_still_work():
+    env = MirageRoomEnv(**oracle_kwargs(max_translation=2.0, max_rotation=180.0, camera_radius=0.2))
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([1.0, 0.0, 1.0, 0.0], np.float32))
+    assert info["frames_generated"] == CHUNK
+
+
+def test_env_signatures_are_explicit_and_documented():
+    import inspect
+
+    for env_cls in (MirageRoomEnv, MirageRoomNavEnv):
+        params = inspect.signature(env_cls).parameters
+        assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), "no **kwargs"
+        assert params["max_translation"].annotation == "float" and params["max_translation"].default == 0.25
+        for section in ("## Description", "## Action Space", "## Observation Space", "## Rewards",
+                        "## Starting State", "## Episode End", "## Arguments",
+                        "| Parameter | Type | Default | Description |"):
+            assert section in env_cls.__doc__, (env_cls.__name__, section)
+        for name in params:
+            assert f"``{name}``" in env_cls.__doc__, f"{env_cls.__name__}: {name} is not in the Arguments table"

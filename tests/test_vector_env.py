@@ -126,3 +126,30 @@ def test_nav_vector_env_in_oracle_mode():
     assert (info["distance_to_goal"] >= 1.0 - 0.5).all()
     obs, rewards, *_ = envs.step(np.zeros((2, 4), np.float32))
     np.testing.assert_allclose(rewards, 0.0, atol=1e-6)  # standing still: no progress, no penalty
+
+
+def test_single_and_vector_envs_take_the_same_keywords():
+    import inspect
+
+    from mirage_gym.envs.vector import PAIRS
+
+    for single, vector in PAIRS:
+        a = {k: (p.default, p.annotation) for k, p in inspect.signature(single).parameters.items()}
+        b = {k: (p.default, p.annotation) for k, p in inspect.signature(vector).parameters.items()}
+        assert set(b) - set(a) == {"num_envs", "max_episode_steps"}
+        assert all(b[k] == a[k] for k in a), f"{vector.__name__} and {single.__name__} disagree"
+        assert not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(vector).parameters.values())
+
+
+def test_vector_reward_terms_and_bounds(tiny_folder):
+    envs = make(tiny_folder, num_envs=2)
+    _, info = envs.reset(seed=0)
+    assert info["reward_coverage"].tolist() == [0.0, 0.0]
+    _, rewards, _, _, info = envs.step(np.array([[1, 0, 0, 0], [0, 0, 1, 0]], np.float32))
+    np.testing.assert_allclose(rewards, info["reward_coverage"] + info["reward_collision"], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"max_translation must be in \(0, 2\]"):
+        make(tiny_folder, max_translation=1e5)
+    with pytest.raises(ValueError, match=r"max_episode_steps must be in \[1, 1000000\]"):
+        make(tiny_folder, max_episode_steps=0)
+    with pytest.raises(ValueError, match=r"num_envs must be in \[1, 1024\]"):
+        make(tiny_folder, num_envs=0)

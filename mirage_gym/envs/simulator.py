@@ -62,10 +62,14 @@ _INTEGERS = frozenset({"num_envs", "resolution", "chunk", "num_inference_steps",
                        "max_episode_steps"})
 
 
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def check_setting(name: str, value: Any) -> int | float:
     """``value`` of the numeric setting ``name`` inside :data:`BOUNDS`, or a ``ValueError`` naming both."""
     low, high, closed, unit = BOUNDS[name]
-    interval = f"{'[' if closed else '('}{low:g}, {high:g}]"
+    interval = f"{'[' if closed else '('}{_number(low)}, {_number(high)}]"
     integer = name in _INTEGERS
     ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
     if isinstance(value, (bool, np.bool_)) or not ok_type:

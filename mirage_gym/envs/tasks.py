@@ -17,8 +17,13 @@ hook                                       returns
 
 :meth:`Task.step` and :meth:`Task.reset_info` tie them together: every info carries
 ``reward_<term>`` for each declared term (0 at reset), and the reward is their sum. Adding a
-task is one subclass plus its registration (:func:`mirage_gym.register`-style
-``gymnasium.register`` with an entry point that builds an env around it).
+task is one subclass plus its registration::
+
+    gymnasium.register("MyTask-v0", entry_point="mirage_gym.envs:MirageRoomEnv",
+                       vector_entry_point="mirage_gym.envs:MirageRoomVectorEnv",
+                       kwargs={"task": MyTask()}, max_episode_steps=200)
+
+(a task keeps its per-episode state in its :class:`TaskState`, so one instance serves every env).
 
 Both built-in tasks are computed on the ground-truth house, never on generated frames, so
 rewards are exact and do not depend on how good the generator is:

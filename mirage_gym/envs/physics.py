@@ -50,7 +50,7 @@ in any direction that does not take it deeper.
 **Space the world has never shown is not walkable.** A move is allowed only while the body's
 centre stays over floor the frames have shown to be free: cells where a ray of some frame
 reached the floor or passed through the body's height band (``floor + floor_band`` up to the
-camera) before its surface, within ``max_range`` (the cell's column is tested at
+camera) before its surface, farther than ``radius`` and within ``max_range`` (the cell's column is tested at
 ``view_heights`` heights; a point counts as seen when it projects into a frame in front of that
 pixel's depth by more than ``free_margin``), plus the footprint the body stood on at reset.
 Elsewhere the move stops at the edge of the shown space and counts as blocked
@@ -392,7 +392,9 @@ class GeneratedPhysics:
             pixel = np.where(inside, d[f][np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)], 0.0)
             seen = inside & (z < pixel - self.free_margin)
             horizontal = np.hypot(cx - pose[0, 3], cy - pose[1, 3])
-            hit = seen.any(axis=1) & (horizontal <= self.max_range)
+            # Cells inside the body's own radius are no evidence: seeing past one's nose would let a body
+            # that backs up creep on, a cell per step, into space no frame ever showed.
+            hit = seen.any(axis=1) & (horizontal <= self.max_range) & (horizontal > self.radius)
             if hit.any():
                 before = self._seen.read(i[hit], j[hit])
                 new += int((~before).sum())

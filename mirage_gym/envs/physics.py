@@ -50,7 +50,7 @@ in any direction that does not take it deeper.
 **Space the world has never shown is not walkable.** A move is allowed only while the body's
 centre stays over floor the frames have shown to be free: cells where a ray of some frame
 reached the floor or passed through the body's height band (``floor + floor_band`` up to the
-camera) before its surface, farther than ``radius`` and within ``max_range`` (the cell's column is tested at
+camera) before its surface, within ``max_range`` (the cell's column is tested at
 ``view_heights`` heights; a point counts as seen when it projects into a frame in front of that
 pixel's depth by more than ``free_margin``), plus the footprint the body stood on at reset.
 Elsewhere the move stops at the edge of the shown space and counts as blocked
@@ -58,9 +58,13 @@ Elsewhere the move stops at the edge of the shown space and counts as blocked
 backwards (or sideways, out of view) through space the generator never drew is impossible,
 not free: an agent must look where it goes, which is also what makes the generated world the
 world it moves in (a generator can only be consistent with what it has shown). Walking back
-over floor it has seen is allowed. ``tests/test_physics.py`` checks that a backward walk is
-stopped within the start footprint while the house would have let it go on, and that the same
-walk after turning round to look is allowed.
+over floor it has seen is allowed. A body backing up cannot creep on either: the frames look
+ahead, so they never show the floor behind the body. ``tests/test_physics.py`` checks that a
+backward walk is stopped within the start footprint while the house would have let it go on,
+that backing up while looking ahead (generated physics moving the body) gets no further, and
+that the same walk after turning round to look is allowed. The price: a move out of view
+(backwards, sideways) into space the house has free but no frame has shown is blocked; ``mirage-gym
+eval collisions`` counts these stops apart.
 
 **Explored area** (:meth:`GeneratedPhysics.explored_area`) is that seen floor in square metres
 (``free_cell``-metre cells; the reset footprint does not count): a reward that needs no ground
@@ -392,9 +396,7 @@ class GeneratedPhysics:
             pixel = np.where(inside, d[f][np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)], 0.0)
             seen = inside & (z < pixel - self.free_margin)
             horizontal = np.hypot(cx - pose[0, 3], cy - pose[1, 3])
-            # Cells inside the body's own radius are no evidence: seeing past one's nose would let a body
-            # that backs up creep on, a cell per step, into space no frame ever showed.
-            hit = seen.any(axis=1) & (horizontal <= self.max_range) & (horizontal > self.radius)
+            hit = seen.any(axis=1) & (horizontal <= self.max_range)
             if hit.any():
                 before = self._seen.read(i[hit], j[hit])
                 new += int((~before).sum())

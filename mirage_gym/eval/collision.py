@@ -40,7 +40,7 @@ __all__ = ["CollisionConfig", "collision_agreement", "scores", "markdown_line", 
 
 @dataclass
 class CollisionConfig:
-    """What to measure. ``quick`` is a test-sized run (2 episodes of 8 steps)."""
+    """What to measure. ``quick`` is a short run (4 episodes of 15 moves, a minute or two)."""
 
     episodes: int = 20
     steps: int = 50
@@ -57,7 +57,7 @@ class CollisionConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> CollisionConfig:
-        return cls(**{"episodes": 2, "steps": 8, **overrides})
+        return cls(**{"episodes": 4, "steps": 15, **overrides})
 
     def validate(self) -> None:
         if self.episodes < 1 or self.steps < 1 or self.chunk < 1 or self.resolution < 8:
@@ -172,8 +172,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generators", nargs="+", default=["oracle", "default"],
                         help="'oracle', 'default' or model folders, each measured in turn")
     parser.add_argument("--collision-out", default=None, help="write collisions.json and collisions.md here")
-    parser.add_argument("--episodes", type=int, default=None, help="random-walk episodes (default 20, quick 2)")
-    parser.add_argument("--episode-steps", type=int, default=None, help="moves per episode (default 50, quick 8)")
+    parser.add_argument("--episodes", type=int, default=None, help="random-walk episodes (default 20, quick 4)")
+    parser.add_argument("--episode-steps", type=int, default=None, help="moves per episode (default 50, quick 15)")
 
 
 def run_collisions(args: argparse.Namespace) -> int:

@@ -208,7 +208,7 @@ def run_collisions(args: argparse.Namespace) -> int:
     out_dir = args.collision_out or args.out
     if out_dir:
         out = results_folder(out_dir)
-        path = write_results(out, "collisions", {"results": results},
+        path = write_results(out, "collisions", results,
                              config={"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}})
         (out / "collisions.md").write_text(table + "\n")
         print(f"wrote {path} and {out / 'collisions.md'}")

@@ -1,0 +1,220 @@
+"""Collision agreement: would generated physics block the moves the house blocks?
+
+Along random-walk episodes in held-out houses (room seeds >= ``EVAL_ROOM_SEED_OFFSET``), at every
+step the same move is put to both physics from the same state:
+
+* the **house**: :meth:`mirage_gym.world.Scene.move` (ground truth);
+* **generated physics**: :class:`~mirage_gym.envs.physics.GeneratedPhysics`, fed only what the
+  generator returned (each chunk's depth and poses, and its ``LatentCache`` when it keeps one).
+
+The camera then follows the house's answer (the house is the real world here), and the generator
+makes the chunk at those poses. "Blocked" is the positive class: precision is the share of
+generated blocks the house agrees with, recall the share of house blocks generated physics
+catches. Generated blocks are split by reason: a shown surface (``obstacle``) or space the frames
+never showed (``unseen``, see the physics module). ``shown_space`` scores only the moves that
+generated physics judged by surfaces (every move not stopped as ``unseen``): the agreement of the
+surfaces themselves, the figure the oracle bounds. The ``unseen`` stops are reported apart (how
+many, and how many of them the house blocks too): they are the price of the no-exploit rule.
+
+Actions are the env's random agent: uniform in ``[-1, 1]^4`` (forward, right, yaw, pitch), with
+the env's default step sizes. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mirage_gym import geometry
+from mirage_gym.envs.physics import GeneratedPhysics
+from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
+
+__all__ = ["CollisionConfig", "collision_agreement", "scores", "markdown_line", "add_arguments", "run"]
+
+
+@dataclass
+class CollisionConfig:
+    """What to measure. ``quick`` is a short run (4 episodes of 15 moves, a minute or two)."""
+
+    episodes: int = 20
+    steps: int = 50
+    resolution: int = 128
+    chunk: int = 4
+    fov_deg: float = 90.0
+    radius: float = 0.2
+    max_translation: float = 0.25
+    max_rotation: float = 15.0
+    max_pitch: float = 60.0
+    first_room: int = EVAL_ROOM_SEED_OFFSET
+    seed: int = 0
+    physics: dict[str, Any] = field(default_factory=dict)  # GeneratedPhysics keywords
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> CollisionConfig:
+        return cls(**{"episodes": 4, "steps": 15, **overrides})
+
+    def validate(self) -> None:
+        if self.episodes < 1 or self.steps < 1 or self.chunk < 1 or self.resolution < 8:
+            raise ValueError(f"need episodes, steps, chunk >= 1 and resolution >= 8, got {self.episodes}, "
+                             f"{self.steps}, {self.chunk}, {self.resolution}")
+        if self.first_room < EVAL_ROOM_SEED_OFFSET:
+            raise ValueError(f"rooms must be held out from training (>= {EVAL_ROOM_SEED_OFFSET}), got {self.first_room}")
+        GeneratedPhysics(self.radius, **self.physics)  # raises on bad keywords
+
+
+def scores(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """Precision, recall and F1 of "blocked" (``nan`` where undefined)."""
+    precision = tp / (tp + fp) if tp + fp else math.nan
+    recall = tp / (tp + fn) if tp + fn else math.nan
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def _cache_of(generator: Any) -> Any:
+    store = getattr(generator, "memory_store", None)
+    return store if store is not None and hasattr(store, "points") and hasattr(store, "read") else None
+
+
+def collision_agreement(generator: Any, config: CollisionConfig, *, name: str = "", progress: bool = False) -> dict:
+    """Run the episodes with ``generator`` (from :func:`mirage_gym.envs.load_generator`); the counts and scores."""
+    from mirage_gym.envs.oracle import OracleGenerator
+    from mirage_gym.envs.worlds import get_world
+
+    config.validate()
+    oracle = isinstance(generator, OracleGenerator)
+    max_depth = generator.max_depth if oracle else float(generator.depth_head.config.max_depth)
+    k = geometry.intrinsics_from_fov(config.fov_deg, config.resolution, config.resolution)
+    counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "fp_unseen": 0, "tp_unseen": 0}
+    stop_errors: list[float] = []
+    episodes = []
+    started = time.perf_counter()
+    for e in range(config.episodes):
+        room = config.first_room + e
+        world = get_world(room)
+        scene = world.scene
+        rng = np.random.default_rng([room, config.seed])
+        noise = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+        pose = scene.sample_pose(rng, config.radius)
+        image = world.renderer.render(pose[None], k, config.resolution, config.resolution).rgb
+        extra = {"renderers": [world.renderer]} if oracle else {}
+        out = generator.start(image, pose[None], k, **extra)
+        physics = GeneratedPhysics(config.radius, max_depth=max_depth, **config.physics)
+        physics.reset(pose)
+        physics.observe(out.depth[0].float().cpu(), pose[None], k, _cache_of(generator), 0)
+        episode = {"room_seed": room, "house_blocked": 0, "generated_blocked": 0, "agree": 0}
+        frac = torch.arange(1, config.chunk + 1, dtype=torch.float32)[:, None] / config.chunk
+        for _ in range(config.steps):
+            action = torch.from_numpy(rng.uniform(-1.0, 1.0, (1, 4))).float()
+            poses = geometry.integrate_action(pose[None], action, config.chunk, max_translation=config.max_translation,
+                                              max_rotation_deg=config.max_rotation, max_pitch_deg=config.max_pitch)
+            origin = pose[:3, 3].numpy().astype(np.float64)
+            target = poses[0, -1, :3, 3].numpy().astype(np.float64)
+            house_end, house_blocked = scene.move(origin[None], target[None], config.radius)
+            house_blocked = bool(house_blocked[0])
+            gen_end, gen_blocked = physics.move(origin, target)
+            unseen = gen_blocked and physics.last_block == "unseen"
+            key = ("t" if gen_blocked == house_blocked else "f") + ("p" if gen_blocked else "n")
+            counts[key] += 1
+            if unseen:
+                counts[f"{key}_unseen"] += 1
+            if gen_blocked and house_blocked and not unseen:
+                stop_errors.append(float(np.linalg.norm(gen_end[:2] - house_end[0, :2])))
+            episode["house_blocked"] += int(house_blocked)
+            episode["generated_blocked"] += int(gen_blocked)
+            episode["agree"] += int(gen_blocked == house_blocked)
+            end = torch.from_numpy(house_end[0]).float()
+            poses[0, :, :3, 3] = pose[:3, 3] + frac * (end - pose[:3, 3])
+            out = generator.step(poses, [noise])
+            physics.observe(out.depth[0].float().cpu(), poses[0], k, _cache_of(generator), 0)
+            pose = poses[0, -1].clone()
+        episode["explored_m2"] = physics.explored_area()
+        episodes.append(episode)
+        if progress:
+            print(f"  episode {e + 1}/{config.episodes} room {room}: house blocked {episode['house_blocked']}, "
+                  f"generated {episode['generated_blocked']}, agree {episode['agree']}/{config.steps}", flush=True)
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    return {
+        "generator": name or type(generator).__name__,
+        "steps": sum(counts[c] for c in ("tp", "fp", "fn", "tn")),
+        "counts": counts,
+        **scores(tp, fp, fn),
+        "shown_space": scores(tp - counts["tp_unseen"], fp - counts["fp_unseen"], fn),
+        "unseen_stops": {"moves": counts["tp_unseen"] + counts["fp_unseen"], "house_blocks_too": counts["tp_unseen"]},
+        "stop_error_m": {"mean": float(np.mean(stop_errors)) if stop_errors else math.nan,
+                         "max": float(np.max(stop_errors)) if stop_errors else math.nan,
+                         "count": len(stop_errors)},
+        "episodes": episodes,
+        "config": asdict(config),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def markdown_line(result: dict) -> str:
+    """One row of :data:`MARKDOWN_HEADER`."""
+    c = result["counts"]
+    unseen = result["unseen_stops"]
+    return (f"| {result['generator']} | {result['steps']} | {c['tp'] + c['fn']} | {result['precision']:.3f} | "
+            f"{result['recall']:.3f} | **{result['f1']:.3f}** | {result['shown_space']['f1']:.3f} | "
+            f"{unseen['moves']} ({unseen['house_blocks_too']}) | {result['stop_error_m']['mean'] * 100:.1f} cm |")
+
+
+MARKDOWN_HEADER = ("| generator | moves | house blocks | precision | recall | F1 | F1 in shown space | "
+                   "stopped at unseen space (house blocks too) | mean stop error |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generators", nargs="+", default=["oracle", "default"],
+                        help="'oracle', 'default' or model folders, each measured in turn")
+    parser.add_argument("--collision-out", default=None, help="write collisions.json and collisions.md here")
+    parser.add_argument("--episodes", type=int, default=None, help="random-walk episodes (default 20, quick 4)")
+    parser.add_argument("--episode-steps", type=int, default=None, help="moves per episode (default 50, quick 15)")
+
+
+def run_collisions(args: argparse.Namespace) -> int:
+    """``mirage-gym eval collisions``: the agreement table for each of ``--generators``."""
+    from mirage_gym.envs import load_generator
+    from mirage_gym.provenance import results_folder, write_results
+    from mirage_gym.training.config import load_config
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    model = load_config(args.config)
+    overrides: dict[str, Any] = {"resolution": args.resolution or model["resolution"], "fov_deg": model["fov_deg"],
+                                 "chunk": args.chunk or model["chunk"], "seed": args.seed}
+    if args.episodes is not None:
+        overrides["episodes"] = args.episodes
+    if args.episode_steps is not None:
+        overrides["steps"] = args.episode_steps
+    config = CollisionConfig.quick(**overrides) if args.quick else CollisionConfig(**overrides)
+    config.validate()
+    results = []
+    lines = [MARKDOWN_HEADER]
+    for spec in args.generators:
+        generator = load_generator(spec, memory="latent", num_inference_steps=args.steps, device=args.device)
+        print(f"collision agreement of {spec}: {config.episodes} episodes x {config.steps} moves, "
+              f"{config.resolution}px, rooms from {config.first_room}", flush=True)
+        result = collision_agreement(generator, config, name=str(spec), progress=not args.no_progress)
+        results.append(result)
+        lines.append(markdown_line(result))
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table)
+    out_dir = args.collision_out or args.out
+    if out_dir:
+        out = results_folder(out_dir)
+        path = write_results(out, "collisions", results,
+                             config={"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}})
+        (out / "collisions.md").write_text(table + "\n")
+        print(f"wrote {path} and {out / 'collisions.md'}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:  # pragma: no cover - the eval CLI dispatches here
+    return run_collisions(args)
+

@@ -33,6 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from mirage_gym.model import DepthHead, MirageGenerator, VideoVAE
+from mirage_gym.model.transformer import build_transformer
+from mirage_gym.model.vae import build_autoencoder
+
 __all__ = [
     "CONFIG_DIR",
     "EVAL_ROOM_SEED_OFFSET",
@@ -417,24 +423,18 @@ def build_generator(
     model: ModelConfig | Config,
     *,
     transformer: Any = None,
-    vae: Any = None,
-    depth_head: Any = None,
+    vae: VideoVAE | None = None,
+    depth_head: DepthHead | None = None,
     scheduler: Any = None,
     transformer_2: Any = None,
     boundary_ratio: float | None = None,
-) -> Any:
+) -> MirageGenerator:
     """The :class:`~mirage_gym.model.MirageGenerator` of a model config, with every sampling and memory setting.
 
     Parts given (trained ones, or a Wan2.2 base's from ``load_components``) are used as they
     are; parts not given are built from the config with fresh (random) weights, in the order
     VAE, transformer, depth head. Returned in train mode, on the CPU unless the parts are elsewhere.
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from mirage_gym.model import DepthHead, MirageGenerator, VideoVAE
-    from mirage_gym.model.transformer import build_transformer
-    from mirage_gym.model.vae import build_autoencoder
-
     model = model.model if isinstance(model, Config) else model
     if vae is None:
         if model.vae is None:

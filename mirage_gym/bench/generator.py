@@ -37,12 +37,12 @@ from diffusers import (
     WanTransformer3DModel,
 )
 
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET, Config, build_generator, load_config
 from mirage_gym.geometry import intrinsics_from_fov
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.generator import MEMORY_MODES, MirageGenerator
 from mirage_gym.model.transformer import widen_patch_embedding
 from mirage_gym.model.vae import VideoVAE
-from mirage_gym.config import EVAL_ROOM_SEED_OFFSET, Config, build_generator, load_config
 
 __all__ = [
     "build_random_generator",

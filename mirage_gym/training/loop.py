@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -64,9 +64,6 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 # Offsets the global generator's seed from the step generator's, so the two streams differ.
 _GLOBAL_SALT = 2**40
-
-S = TypeVar("S", bound=StageTraining)
-
 
 def derived_seed(seed: int, index: int) -> int:
     """The seed of item ``index`` (a step, a shard of clips) of a run seeded ``seed``."""

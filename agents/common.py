@@ -11,8 +11,8 @@ import numpy as np
 import yaml
 
 import mirage_gym  # noqa: F401  (registers the environments)
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
 from mirage_gym.sb3 import MirageVecEnv
-from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
 from mirage_gym.wrappers import ImageObservation
 
 HYPERPARAMS = Path(__file__).with_name("hyperparams.yml")

@@ -19,10 +19,10 @@ from mirage_gym.bench.generator import (
     summarize_checkpoints,
 )
 from mirage_gym.cli import main
+from mirage_gym.config import load_config
 from mirage_gym.geometry import intrinsics_from_fov
 from mirage_gym.model.generator import MirageGenerator
 from mirage_gym.provenance import collect, results_folder, write_results
-from mirage_gym.training.config import load_config
 from mirage_gym.world import Renderer, make_scene, trajectories
 
 TINY = Path(__file__).parent / "configs" / "tiny.json"
@@ -32,10 +32,10 @@ def test_random_generator_has_the_config_architecture():
     config = load_config(TINY)
     gen = build_random_generator(config)
     assert isinstance(gen, MirageGenerator)
-    assert gen.vae.latent_channels == config["vae"]["latent_channels"] and gen.vae.spatial_factor == 8
-    assert gen.transformer.config.num_layers == config["transformer"]["num_layers"]
-    assert gen.num_inference_steps == config["sampling"]["num_inference_steps"]
-    assert gen.cache_capacity == config["memory"]["capacity"]
+    assert gen.vae.latent_channels == config.model.vae.latent_channels and gen.vae.spatial_factor == 8
+    assert gen.transformer.config.num_layers == config.model.transformer.num_layers
+    assert gen.num_inference_steps == config.model.sampling.num_inference_steps
+    assert gen.cache_capacity == config.model.memory.capacity
     # The memory channels have weights, so the memory can change what a random model generates.
     emb = gen.transformer.patch_embedding
     assert emb.weight[:, emb.base_channels :].abs().sum() > 0

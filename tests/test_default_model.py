@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import mirage_gym  # noqa: F401  (registers the envs)
+from mirage_gym.config import load_config
 from mirage_gym.envs import generators
 from mirage_gym.model.generator import MirageGenerator
-from mirage_gym.training.config import load_config
 
 FOLDER = generators.default_weights_path()
 
@@ -22,12 +22,12 @@ def test_default_weights_ship_small_and_match_the_default_config():
     assert sum(p.stat().st_size for p in files) < 50 * 2**20  # the budget for shipped weights
     gen = generators.load_generator("default")
     assert isinstance(gen, MirageGenerator)
-    config = load_config("default")
-    assert gen.num_inference_steps == config["sampling"]["num_inference_steps"]
-    assert gen.context_frames == config["context_frames"]
-    assert gen.cache_guidance == config["sampling"]["cache_guidance"]
-    assert gen.transformer.config.num_layers == config["transformer"]["num_layers"]
-    assert gen.vae.latent_channels == config["vae"]["latent_channels"]
+    model = load_config("default").model
+    assert gen.num_inference_steps == model.sampling.num_inference_steps
+    assert gen.context_frames == model.context_frames
+    assert gen.cache_guidance == model.sampling.cache_guidance
+    assert gen.transformer.config.num_layers == model.transformer.num_layers
+    assert gen.vae.latent_channels == model.vae.latent_channels
 
 
 def test_make_runs_the_default_model():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -30,15 +31,22 @@ from mirage_gym.training.data import RoomStream
 from mirage_gym.training.generator_stage import flow_matching_loss, make_chunk_batch
 from mirage_gym.training.latent_clips import LatentClips
 from mirage_gym.training.lora_stage import LoraRun, expert_flow_loss, load_lora_config, train_lora
-from mirage_gym.training.loop import CHECKPOINT
+from mirage_gym.config import Config
+from mirage_gym.training import loop
+from mirage_gym.training.loop import CHECKPOINT, load_tensors
 from mirage_gym.training.video_clips import RawVideoClips, annotate_video_clips, encode_video_clips
 from test_pretrained import flow, run_chunk, wan_folder
 
 TINY = Path(__file__).parent / "configs" / "tiny_lora.json"
 
 
+def with_model(config: Config, **changes) -> Config:
+    """``config`` with some of its model (architecture) settings changed."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **changes))
+
+
 @pytest.fixture(scope="module")
-def config() -> dict:
+def config() -> Config:
     return load_lora_config(TINY)
 
 
@@ -55,7 +63,7 @@ def wan_a14b(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_5b(tmp_path_factory, config, wan_5b) -> LoraRun:
     """float32 on CPU; 64x64 frames (the 5B VAE is 16x, its patches 2x2)."""
-    return train_lora({**config, "resolution": 64}, wan_5b, tmp_path_factory.mktemp("lora5b"), progress=False)
+    return train_lora(with_model(config, resolution=64), wan_5b, tmp_path_factory.mktemp("lora5b"), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +94,7 @@ def test_5b_run_saves_a_lora_that_loads_and_changes_the_model(run_5b, wan_5b):
     base = MirageGenerator.from_pretrained(wan_5b)
     assert not torch.equal(flow(loaded.transformer, 48), flow(base.transformer, 48)), "the LoRA learned nothing"
     stats = run_5b.stats
-    assert 0 < stats["params/trainable"] < stats["params/total"] and stats["loss/val"] > 0
+    assert 0 < stats["params/trainable"] < stats["params/total"] and stats["val/loss"] > 0
 
 
 def test_only_the_lora_and_the_new_input_channels_change_the_base(run_5b, wan_5b):
@@ -136,7 +144,7 @@ def test_resume_continues_the_step_count(tmp_path, run_a14b, wan_a14b, capsys):
     assert args.config == str(TINY) and parser.parse_args(["--base", "x"]).config == "lora_default"
     assert lora_stage.run(args) == 0
     assert f"resumed {out} at step 4" in capsys.readouterr().out
-    payload = torch.load(out / CHECKPOINT, weights_only=False)
+    payload = torch.load(out / CHECKPOINT, weights_only=True)
     assert payload["train_state"]["step"] == 6 and payload["scheduler"]["last_epoch"] == 6
     # The finished depth head and the clips annotated with it were kept.
     assert (out / "depth" / CHECKPOINT).read_bytes() == depth_checkpoint
@@ -166,7 +174,7 @@ def test_lora_loss_falls_when_overfitting(tmp_path, run_a14b):
     latents, depth, keep, poses = clips.sample(2, gen)
     latent_k = scale_intrinsics(clips.intrinsics, 1 / 8)
     batch = make_chunk_batch(latents, depth, keep, poses, latent_k, context_frames=1, chunk=2, align=2, voxel_size=0.1,
-                             cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, generator=gen)
+                             cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, rng=gen)
     assert batch.mask.any(), "the chunk must be conditioned on a cache"
     transformer = parts.transformer
     add_lora(transformer, rank=16, ffn=True)
@@ -193,7 +201,7 @@ def test_each_noise_level_trains_the_expert_the_sampler_uses(run_a14b):
     latents, depth, keep, poses = clips.sample(3, g)
     latent_k = scale_intrinsics(clips.intrinsics, 1 / 8)
     batch = make_chunk_batch(latents, depth, keep, poses, latent_k, context_frames=1, chunk=2, align=2, voxel_size=0.1,
-                             cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, generator=g)
+                             cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, rng=g)
     noise = torch.randn(batch.target.shape, generator=g)
     sigmas = torch.tensor([0.95, boundary, 0.2])  # at the boundary the sampler uses the high-noise expert
     with torch.no_grad():
@@ -216,7 +224,7 @@ def test_chunks_start_at_whole_encoded_chunks(run_5b):
     for seed in range(12):
         batch = make_chunk_batch(latents, depth, keep, poses, latent_k, context_frames=1, chunk=2, align=2,
                                  voxel_size=0.1, cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0,
-                                 generator=torch.Generator().manual_seed(seed))
+                                 rng=torch.Generator().manual_seed(seed))
         found = [s for s in range(1, 5) if torch.equal(batch.target, latents[:, :, s : s + 2])]
         assert len(found) == 1 and found[0] % 2 == 0, f"chunk at latent frame {found}"
         assert torch.equal(batch.context, latents[:, :, found[0] - 1 : found[0]])  # the previous chunk's last frame
@@ -224,7 +232,7 @@ def test_chunks_start_at_whole_encoded_chunks(run_5b):
     assert starts == {2, 4}
     with pytest.raises(ValueError, match="align must be >= 1"):
         make_chunk_batch(latents, depth, keep, poses, torch.eye(3), context_frames=1, chunk=2, align=0, voxel_size=0.1,
-                         cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, generator=torch.Generator())
+                         cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, rng=torch.Generator())
 
 
 # ---------------------------------------------------------------------- clips per latent frame
@@ -303,9 +311,9 @@ def test_a_base_that_is_not_wan22_is_refused_before_anything_is_written(tmp_path
 
 def test_bad_settings_and_a_foreign_run_folder_are_refused(tmp_path, config, wan_a14b, run_5b):
     with pytest.raises(ValueError, match="chunk_frames: a temporal VAE with factor 4 needs 1 \\+ 4k frames"):
-        train_lora({**config, "chunk_frames": 6}, wan_a14b, tmp_path / "out", progress=False)
+        train_lora(with_model(config, chunk_frames=6), wan_a14b, tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="resolution 36 must be a multiple of 16"):
-        train_lora({**config, "resolution": 36}, wan_a14b, tmp_path / "out", progress=False)
+        train_lora(with_model(config, resolution=36), wan_a14b, tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="lora.rank must be a positive integer"):
         train_lora(config, wan_a14b, tmp_path / "out", rank=0, progress=False)
     with pytest.raises(ValueError, match="precision must be one of"):
@@ -317,7 +325,33 @@ def test_bad_settings_and_a_foreign_run_folder_are_refused(tmp_path, config, wan
     with pytest.raises(ValueError, match="holds a LoRA run with other settings \\(base, resolution"):
         train_lora(config, wan_a14b, out, progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
-    with pytest.raises(ValueError, match="lacks required keys"):
+    with pytest.raises(ValueError, match="is not a LoRA config: it has no model.lora"):
         load_lora_config("default")  # the CPU model's config is not a LoRA config
     with pytest.raises(ValueError, match="lora_default"):
         load_lora_config("no-such-config")
+
+
+class Killed(Exception):
+    """Stands for a run killed right after a checkpoint."""
+
+
+def test_a_resumed_lora_run_is_the_same_run(tmp_path, monkeypatch, config, run_5b, wan_5b):
+    out = tmp_path / "run"
+    save = loop.save_checkpoint
+
+    def save_then_die(folder, state, *args, **kwargs):  # killed right after the LoRA phase's step-2 checkpoint
+        save(folder, state, *args, **kwargs)
+        if folder == out and state.step == 2:
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train_lora(with_model(config, resolution=64), wan_5b, out, progress=False)
+    monkeypatch.undo()
+    train_lora(with_model(config, resolution=64), wan_5b, out, progress=False)
+    whole = run_5b.folder.parent
+    for folder in (CHECKPOINT, f"depth/{CHECKPOINT}"):
+        first, second = load_tensors(whole / folder)["modules"], load_tensors(out / folder)["modules"]
+        for module, state in first.items():
+            for key, value in state.items():
+                assert torch.equal(value, second[module][key]), f"{folder}: {module}.{key}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from mirage_gym.config import Config, load_config
 from mirage_gym.geometry import intrinsics_from_fov, scale_intrinsics
 from mirage_gym.model import DepthHead, VideoVAE
 from mirage_gym.model.generator import MirageGenerator
 from mirage_gym.model.transformer import build_transformer
-from mirage_gym.training.config import load_config
 from mirage_gym.training.generator_stage import (
     flow_matching_loss,
     make_chunk_batch,
@@ -21,14 +22,21 @@ from mirage_gym.training.generator_stage import (
     train_generator,
 )
 from mirage_gym.training.latent_clips import LatentClips
-from mirage_gym.training.loop import CHECKPOINT
+from mirage_gym.training import loop
+from mirage_gym.training.loop import CHECKPOINT, load_tensors
 from mirage_gym.training.vae_stage import _losses, chroma_ratio, colour_l1, evaluate_stage1, load_stage1, train_vae
 
 TINY = Path(__file__).parent / "configs" / "tiny.json"
 
 
+def with_training(config: Config, stage: str, **changes) -> Config:
+    """``config`` with some of stage ``stage``'s training settings changed."""
+    section = dataclasses.replace(getattr(config.training, stage), **changes)
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, **{stage: section}))
+
+
 @pytest.fixture(scope="module")
-def config() -> dict:
+def config() -> Config:
     return load_config(TINY)
 
 
@@ -53,7 +61,7 @@ def test_vae_stage_exports_calibrated_parts(stage1, config):
     assert vae.vae.config.scaling_factor != 1.0
     frames = torch.rand(1, 2, 3, 32, 32) * 2 - 1
     assert vae.decode(vae.encode(frames)).shape == frames.shape
-    assert torch.load(stage1 / CHECKPOINT, weights_only=False)["train_state"]["step"] == config["train_vae"]["steps"]
+    assert torch.load(stage1 / CHECKPOINT, weights_only=True)["train_state"]["step"] == config.training.vae.steps
     # The held-out evaluation written at the end is the one evaluate_stage1 computes.
     saved = json.loads((stage1 / "stage1_eval.json").read_text())
     assert saved["psnr"] == pytest.approx(evaluate_stage1(config, stage1)["psnr"], abs=1e-4)
@@ -83,17 +91,17 @@ def test_colour_l1_weights_chroma_apart_from_luma():
 
 def test_vae_stage_resumes_from_checkpoint(tmp_path, config):
     train_vae(config, tmp_path, steps=2, progress=False)
-    first = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    first = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert first["train_state"]["step"] == 2
     train_vae(config, tmp_path, steps=4, progress=False)
-    second = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    second = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert second["train_state"]["step"] == 4
     # The schedule continued rather than restarting: the scheduler counted all four steps.
     assert second["scheduler"]["last_epoch"] == 4
 
 
 def test_frozen_encoder_keeps_latents_and_calibration(tmp_path, config):
-    config = {**config, "train_vae": {**config["train_vae"], "steps": 5, "freeze_encoder_at": 2}}
+    config = with_training(config, "vae", steps=5, freeze_encoder_at=2)
     train_vae(config, tmp_path, steps=3, progress=False)
     at_freeze = json.loads((tmp_path / "vae" / "config.json").read_text())
     encoder_at_freeze = {k: v.clone() for k, v in load_stage1(tmp_path, torch.device("cpu"))[0].vae.encoder.state_dict().items()}
@@ -112,10 +120,11 @@ def test_frozen_encoder_keeps_latents_and_calibration(tmp_path, config):
     frames = torch.rand(2, 1, 3, 32, 32) * 2 - 1
     token_gt = torch.full((2, 4, 4), 2.0)
     pixel_gt = torch.full((2, 32, 32), 2.0)
-    hp = {**config["train_vae"], "latent_noise": 0.0}
-    _, stats, _, _ = _losses(vae.vae, head, vae.vae.encoder(frames[:, 0]), frames[:, 0], pixel_gt, token_gt, (0, 0, 4), hp)
+    hp = dataclasses.replace(config.training.vae, latent_noise=0.0)
+    _, stats, _, _ = _losses(vae.vae, head, vae.vae.encoder(frames[:, 0]), frames[:, 0], pixel_gt, token_gt, (0, 0, 4), hp,
+                             torch.Generator())
     inference = head(vae.encode(frames)[:, :, 0]).token_depth
-    assert stats["metrics/abs_rel_token"] == pytest.approx(((inference - 2.0).abs() / 2.0).mean().item(), rel=1e-4)
+    assert stats["abs_rel_token"] == pytest.approx(((inference - 2.0).abs() / 2.0).mean().item(), rel=1e-4)
 
 
 def test_interrupted_clip_encoding_ends_with_the_same_clips(tmp_path, config, stage1):
@@ -162,9 +171,9 @@ def test_chunk_batch_cache_follows_history(stage2, config):
     latents, depth, keep, poses, latent_k = _clips(stage2)
     args = dict(context_frames=1, chunk=2, voxel_size=0.1, context_noise=0.0)
     full = make_chunk_batch(latents, depth, keep, poses, latent_k, cache_dropout=0.0, history_keep=(1.0, 1.0),
-                            generator=torch.Generator().manual_seed(1), **args)
+                            rng=torch.Generator().manual_seed(1), **args)
     empty = make_chunk_batch(latents, depth, keep, poses, latent_k, cache_dropout=1.0, history_keep=(1.0, 1.0),
-                             generator=torch.Generator().manual_seed(1), **args)
+                             rng=torch.Generator().manual_seed(1), **args)
     assert full.target.shape == (2, 4, 2, 4, 4) and full.context.shape == (2, 4, 1, 4, 4)
     assert full.mask.any(), "a full history must project into the chunk's cameras"
     assert not empty.mask.any() and (empty.cache == 0).all()
@@ -176,8 +185,8 @@ def test_generator_loss_falls_when_overfitting(stage2, config):
     latents, depth, keep, poses, latent_k = _clips(stage2)
     gen = torch.Generator().manual_seed(2)
     batch = make_chunk_batch(latents, depth, keep, poses, latent_k, context_frames=1, chunk=2, voxel_size=0.1,
-                             cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, generator=gen)
-    transformer = build_transformer(4, **config["transformer"])
+                             cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.0, rng=gen)
+    transformer = build_transformer(4, **dataclasses.asdict(config.model.transformer))
     sigmas = sample_sigmas(2, 3.0, gen)
     noise = torch.randn(batch.target.shape, generator=gen)
     optimizer = torch.optim.Adam(transformer.parameters(), lr=3e-3)
@@ -223,12 +232,12 @@ def test_depth_stage_trains_its_own_head_and_exports_a_stage1_folder(tmp_path, c
 
     out = tmp_path / "depth"
     train_depth(config, stage1, out, steps=2, progress=False)
-    assert torch.load(out / CHECKPOINT, weights_only=False)["train_state"]["step"] == 2
-    frames_at_two = torch.load(out / FRAMES_FILE)["latents"]
+    assert torch.load(out / CHECKPOINT, weights_only=True)["train_state"]["step"] == 2
+    frames_at_two = torch.load(out / FRAMES_FILE, weights_only=True)["latents"]
     train_depth(config, stage1, out, progress=False)  # resumes at 2, ends at 4, frames not re-rendered
-    state = torch.load(out / CHECKPOINT, weights_only=False)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["train_state"]["step"] == 4 and state["scheduler"]["last_epoch"] == 4
-    assert torch.equal(torch.load(out / FRAMES_FILE)["latents"], frames_at_two)
+    assert torch.equal(torch.load(out / FRAMES_FILE, weights_only=True)["latents"], frames_at_two)
     # The frames are the frozen encoder's (normalised) latents, so the new head reads them as they come.
     vae, head = load_stage1(out, torch.device("cpu"))
     assert head.config.context_levels == 1 and head.config.latent_scale == 1.0
@@ -242,12 +251,12 @@ def test_depth_stage_loss_falls_on_its_frames(tmp_path, config, stage1):
     from mirage_gym.training.depth_stage import FRAMES_FILE, depth_loss, train_depth
 
     out = tmp_path / "depth"
-    hp = {**config["train_depth"], "lr": 3e-3, "latent_noise": 0.0, "warmup": 1}
-    train_depth({**config, "train_depth": hp}, stage1, out, steps=1, progress=False)
-    frames = torch.load(out / FRAMES_FILE)
+    config = with_training(config, "depth", lr=3e-3, latent_noise=0.0, warmup=1)
+    train_depth(config, stage1, out, steps=1, progress=False)
+    frames = torch.load(out / FRAMES_FILE, weights_only=True)
     args = (frames["latents"].float(), frames["depth"].float(), frames["token_depth"].float())
     before = depth_loss(load_stage1(out, torch.device("cpu"))[1], *args).item()
-    train_depth({**config, "train_depth": hp}, stage1, out, steps=100, progress=False)
+    train_depth(config, stage1, out, steps=100, progress=False)
     after = depth_loss(load_stage1(out, torch.device("cpu"))[1], *args).item()
     assert after < 0.9 * before, (before, after)
 
@@ -263,8 +272,8 @@ def test_depth_stage_without_stage1_names_the_folder(tmp_path, config):
 def test_a_config_without_the_stage_says_so(tmp_path, config, stage1):
     from mirage_gym.training.depth_stage import train_depth
 
-    without = {k: v for k, v in config.items() if k != "train_depth"}
-    with pytest.raises(ValueError, match="no 'train_depth' section"):
+    without = dataclasses.replace(config, training=dataclasses.replace(config.training, depth=None))
+    with pytest.raises(ValueError, match="no 'training.depth' section"):
         train_depth(without, stage1, tmp_path / "out", progress=False)
 
 
@@ -273,8 +282,8 @@ def test_depth_stage_learns_from_the_generators_own_latents(tmp_path, config, st
 
     out = tmp_path / "depth"
     train_depth(config, stage1, out, generator=stage2 / "model", steps=2, progress=False)
-    generated, encoded = torch.load(out / GENERATED_FILE), torch.load(out / FRAMES_FILE)
-    assert generated["latents"].shape[0] == config["train_depth"]["generated_frames"]
+    generated, encoded = torch.load(out / GENERATED_FILE, weights_only=True), torch.load(out / FRAMES_FILE, weights_only=True)
+    assert generated["latents"].shape[0] == config.training.depth.generated_frames
     assert generated["latents"].shape[1:] == encoded["latents"].shape[1:]
     assert generated["depth"].shape[1:] == encoded["depth"].shape[1:]
     assert (generated["depth"] > 0).all() and torch.isfinite(generated["latents"].float()).all()
@@ -282,7 +291,7 @@ def test_depth_stage_learns_from_the_generators_own_latents(tmp_path, config, st
     assert not torch.equal(generated["latents"][:4], encoded["latents"][:4])
     # A resumed run reuses them.
     train_depth(config, stage1, out, generator=stage2 / "model", progress=False)
-    assert torch.equal(torch.load(out / GENERATED_FILE)["latents"], generated["latents"])
+    assert torch.equal(torch.load(out / GENERATED_FILE, weights_only=True)["latents"], generated["latents"])
 
 
 def test_train_all_runs_every_stage_and_assembles_the_model(tmp_path, config):
@@ -292,16 +301,111 @@ def test_train_all_runs_every_stage_and_assembles_the_model(tmp_path, config):
     model = tmp_path / "model"
     gen = MirageGenerator.from_pretrained(model)
     # The model is stage 2's, with the depth stage's head in place of stage 1's.
-    assert gen.depth_head.config.context_levels == config["train_depth"]["head"]["context_levels"]
+    assert gen.depth_head.config.context_levels == config.model.depth_head.context_levels
     head = DepthHead.from_pretrained(tmp_path / "depth" / "depth_head")
     for key, value in head.state_dict().items():
         assert torch.equal(gen.depth_head.state_dict()[key], value), key
-    for stage, steps in (("vae", "train_vae"), ("generator", "train_generator"), ("depth", "train_depth")):
-        saved = torch.load(tmp_path / stage / CHECKPOINT, weights_only=False)
-        assert saved["train_state"]["step"] == config[steps]["steps"], stage
+    for stage in ("vae", "generator", "depth"):
+        saved = torch.load(tmp_path / stage / CHECKPOINT, weights_only=True)
+        assert saved["train_state"]["step"] == config.stage(stage).steps, stage
     # Run again: nothing is trained twice, and the model folder is whole again.
-    before = torch.load(tmp_path / "generator" / CHECKPOINT, weights_only=False)["train_state"]["wall_time"]
+    before = torch.load(tmp_path / "generator" / CHECKPOINT, weights_only=True)["train_state"]["wall_time"]
     assert main(["train", "all", "--config", str(TINY), "--out", str(tmp_path)]) == 0
-    after = torch.load(tmp_path / "generator" / CHECKPOINT, weights_only=False)["train_state"]["wall_time"]
+    after = torch.load(tmp_path / "generator" / CHECKPOINT, weights_only=True)["train_state"]["wall_time"]
     assert after == before and not (tmp_path / "model.tmp").exists()
     assert MirageGenerator.from_pretrained(model).depth_head.config.context_levels == 1
+
+
+# ---------------------------------------------------------------------- resume = the same run
+
+
+class Killed(Exception):
+    """Stands for a run killed right after a checkpoint."""
+
+
+def kill_after_checkpoint(monkeypatch, out: Path, step: int) -> None:
+    """Make the run in ``out`` stop (raise :class:`Killed`) once its checkpoint of ``step`` is on disk."""
+    save = loop.save_checkpoint
+
+    def save_then_die(folder, state, *args, **kwargs):
+        save(folder, state, *args, **kwargs)
+        if folder == out and state.step == step:
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The checkpoints of two run folders hold exactly the same tensors, module by module."""
+    first, second = load_tensors(a / CHECKPOINT)["modules"], load_tensors(b / CHECKPOINT)["modules"]
+    assert first.keys() == second.keys()
+    for module, state in first.items():
+        assert state.keys() == second[module].keys(), module
+        for key, value in state.items():
+            assert torch.equal(value, second[module][key]), f"{module}.{key}"
+
+
+def test_vae_stage_resumed_is_the_same_run(tmp_path, monkeypatch, config, stage1):
+    # The tiny stage 1 freezes its encoder at step 3: the resumed half measures and exports it.
+    assert config.training.vae.freeze_encoder_at == 3 and config.training.vae.steps == 4
+    kill_after_checkpoint(monkeypatch, tmp_path, 2)
+    with pytest.raises(Killed):
+        train_vae(config, tmp_path, progress=False)
+    monkeypatch.undo()
+    train_vae(config, tmp_path, progress=False)
+    assert_same_weights(stage1, tmp_path)
+    assert load_tensors(tmp_path / CHECKPOINT)["train_state"]["extra"] == load_tensors(stage1 / CHECKPOINT)["train_state"]["extra"]
+
+
+def test_depth_stage_resumed_is_the_same_run(tmp_path, monkeypatch, config, stage1):
+    from mirage_gym.training.depth_stage import train_depth
+
+    train_depth(config, stage1, tmp_path / "whole", progress=False)
+    kill_after_checkpoint(monkeypatch, tmp_path / "cut", 2)
+    with pytest.raises(Killed):
+        train_depth(config, stage1, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    train_depth(config, stage1, tmp_path / "cut", progress=False)
+    assert_same_weights(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_generator_stage_resumed_is_the_same_run(tmp_path, monkeypatch, config, stage1, stage2):
+    kill_after_checkpoint(monkeypatch, tmp_path, 2)
+    with pytest.raises(Killed):
+        train_generator(config, tmp_path, stage1, progress=False)
+    monkeypatch.undo()
+    train_generator(config, tmp_path, stage1, progress=False)
+    assert_same_weights(stage2, tmp_path)
+
+
+# ---------------------------------------------------------------------- planted files
+
+
+class RunsCode:
+    """Unpickling this writes ``marker``: what a planted checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def test_a_planted_checkpoint_is_refused_unread(tmp_path, config):
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    out.mkdir()
+    torch.save({"train_state": RunsCode(marker)}, out / CHECKPOINT)
+    with pytest.raises(ValueError, match=f"{out / CHECKPOINT} is not a plain checkpoint"):
+        train_vae(config, out, progress=False)
+    assert not marker.exists()
+
+
+def test_a_planted_frame_cache_is_refused_unread(tmp_path, config, stage1):
+    from mirage_gym.training.depth_stage import FRAMES_FILE, train_depth
+
+    out, marker = tmp_path / "depth", tmp_path / "marker"
+    out.mkdir()
+    torch.save({"latents": RunsCode(marker)}, out / FRAMES_FILE)
+    with pytest.raises(ValueError, match=f"{out / FRAMES_FILE} is not a plain checkpoint"):
+        train_depth(config, stage1, out, progress=False)
+    assert not marker.exists()

@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
 
 __all__ = ["time_steps", "bench_env", "episode_memory"]
 
@@ -135,7 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mirage_gym.bench.generator import build_random_generator
     from mirage_gym.provenance import results_folder, write_results
-    from mirage_gym.training.config import load_config
+    from mirage_gym.config import load_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,12 +143,13 @@ def run(args: argparse.Namespace) -> int:
     out = results_folder(args.out)
     if args.generator == "random":
         generator: Any = build_random_generator(config, seed=args.seed)
-        what = f"RANDOM weights, the {config['name']!r} config's architecture (speed does not depend on weights)"
+        what = f"RANDOM weights, the {config.name!r} config's architecture (speed does not depend on weights)"
     else:
         generator = args.generator
         what = {"oracle": "the ground-truth renderer (oracle)", "default": "the shipped default weights"}.get(
             args.generator, f"weights from {args.generator}")
-    env_kwargs = {"resolution": args.resolution or config["resolution"], "chunk": args.chunk or config["chunk"],
+    env_kwargs = {"resolution": args.resolution or config.model.resolution,
+                  "chunk": args.chunk or config.model.chunk_frames,
                   "room_seeds": [EVAL_ROOM_SEED_OFFSET + i for i in range(8)]}
     print(f"generator: {what}; memory {args.memory}; {env_kwargs['resolution']}x{env_kwargs['resolution']}, "
           f"chunks of {env_kwargs['chunk']}; torch threads {torch.get_num_threads()}", flush=True)

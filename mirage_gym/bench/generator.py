@@ -33,18 +33,16 @@ import numpy as np
 import torch
 from diffusers import (
     AutoencoderKLWan,
-    AutoencoderTiny,
-    FlowMatchEulerDiscreteScheduler,
     UniPCMultistepScheduler,
     WanTransformer3DModel,
 )
 
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET, Config, build_generator, load_config
 from mirage_gym.geometry import intrinsics_from_fov
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.generator import MEMORY_MODES, MirageGenerator
-from mirage_gym.model.transformer import build_transformer, widen_patch_embedding
+from mirage_gym.model.transformer import widen_patch_embedding
 from mirage_gym.model.vae import VideoVAE
-from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET, load_config
 
 __all__ = [
     "build_random_generator",
@@ -74,7 +72,7 @@ def _give_conditioning_weights(transformer: WanTransformer3DModel, seed: int) ->
 
 
 def build_random_generator(
-    config: str | dict[str, Any] = "default", *, seed: int = 0, device: torch.device | str = "cpu"
+    config: str | Config = "default", *, seed: int = 0, device: torch.device | str = "cpu"
 ) -> MirageGenerator:
     """A :class:`MirageGenerator` with the architecture of a model config and random weights.
 
@@ -84,18 +82,9 @@ def build_random_generator(
     """
     config = load_config(config) if isinstance(config, str) else config
     torch.manual_seed(seed)
-    vae_cfg = config["vae"]
-    vae = VideoVAE(AutoencoderTiny(**vae_cfg))
-    channels = int(vae_cfg["latent_channels"])
-    transformer = build_transformer(channels, **config["transformer"])
-    _give_conditioning_weights(transformer, seed)
-    head = DepthHead(latent_channels=channels, spatial_factor=vae.spatial_factor, **config["depth_head"])
-    sampling, memory = config["sampling"], config["memory"]
-    return MirageGenerator(
-        transformer, vae, head, FlowMatchEulerDiscreteScheduler(shift=sampling["shift"]),
-        num_inference_steps=sampling["num_inference_steps"], context_frames=config["context_frames"],
-        voxel_size=memory["voxel_size"], cache_capacity=memory["capacity"],
-    ).to(device).eval()
+    generator = build_generator(config)
+    _give_conditioning_weights(generator.transformer, seed)
+    return generator.to(device).eval()
 
 
 # Wan2.2 TI2V-5B (diffusers layout): 30 layers of width 3072, 48-channel latents, 16x VAE.
@@ -359,7 +348,7 @@ def _load(args: argparse.Namespace, device: torch.device) -> tuple[MirageGenerat
     if args.model:
         generator = MirageGenerator.from_pretrained(args.model, device=device).eval()
         what = f"trained weights from {args.model}"
-        chunk, resolution, fov = config["chunk"], config["resolution"], config["fov_deg"]
+        chunk, resolution, fov = config.model.chunk_frames, config.model.resolution, config.model.fov_deg
     elif (args.arch or ("wan2.2-5b" if device.type == "cuda" else "config")) == "wan2.2-5b":
         if device.type != "cuda":
             raise ValueError("--arch wan2.2-5b needs a CUDA device (bf16 5B parameters)")
@@ -368,8 +357,8 @@ def _load(args: argparse.Namespace, device: torch.device) -> tuple[MirageGenerat
         chunk, resolution, fov = 33, 704, 90.0
     else:
         generator = build_random_generator(config, seed=args.seed, device=device)
-        what = f"RANDOM weights, the {config['name']!r} config's architecture (speed does not depend on weights)"
-        chunk, resolution, fov = config["chunk"], config["resolution"], config["fov_deg"]
+        what = f"RANDOM weights, the {config.name!r} config's architecture (speed does not depend on weights)"
+        chunk, resolution, fov = config.model.chunk_frames, config.model.resolution, config.model.fov_deg
     if args.steps:
         generator.num_inference_steps = int(args.steps)
     return generator, what, args.chunk or chunk, args.resolution or resolution, fov

@@ -17,7 +17,7 @@ from mirage_gym.eval.report import markdown_table, plot_fidelity, plot_summary
 from mirage_gym.eval.runner import MODES, EvalConfig, evaluate
 from mirage_gym.eval.trajectories import KINDS
 from mirage_gym.provenance import results_folder, write_results
-from mirage_gym.training.config import load_config
+from mirage_gym.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_config(args.config)
+    model = load_config(args.config).model
     overrides = dict(
-        resolution=args.resolution or model["resolution"], fov_deg=model["fov_deg"], chunk=args.chunk or model["chunk"],
+        resolution=args.resolution or model.resolution, fov_deg=model.fov_deg, chunk=args.chunk or model.chunk_frames,
         modes=tuple(args.modes), kinds=tuple(args.kinds), moving_objects=args.moving_objects, seed=args.seed,
     )
     if args.rooms is not None:

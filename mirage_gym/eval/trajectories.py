@@ -10,7 +10,7 @@ Four kinds, each chosen for what it tests:
 * ``random_walk`` -- a long wander through the house (with moving objects when asked):
   drift, new areas, and what the dynamic filter lets into the memory.
 
-Room seeds start at :data:`~mirage_gym.training.config.EVAL_ROOM_SEED_OFFSET`: no room seen
+Room seeds start at :data:`~mirage_gym.config.EVAL_ROOM_SEED_OFFSET`: no room seen
 in training is ever evaluated. Everything is a pure function of the arguments.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
 from mirage_gym.world import Scene, make_scene, trajectories
 
 __all__ = ["KINDS", "EvalTrajectory", "make_trajectory", "eval_trajectories"]

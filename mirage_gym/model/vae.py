@@ -18,11 +18,30 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderKLWan, AutoencoderTiny
+from diffusers.configuration_utils import FrozenDict
 from torch import Tensor, nn
 
-__all__ = ["VideoVAE"]
+__all__ = ["VideoVAE", "build_autoencoder"]
 
 SUPPORTED = (AutoencoderTiny, AutoencoderKL, AutoencoderKLWan)
+
+
+def _drop_unaccepted_config(vae: nn.Module) -> None:
+    """Forget ``block_out_channels`` in an ``AutoencoderTiny``'s config.
+
+    diffusers' ``AutoencoderTiny.__init__`` registers it (a copy of ``decoder_block_out_channels``)
+    but does not accept it back, so every folder it saved made each later load warn. Nothing
+    reads it; without it a saved folder loads silently.
+    """
+    if isinstance(vae, AutoencoderTiny) and "block_out_channels" in vae.config:
+        vae._internal_dict = FrozenDict({k: v for k, v in vae.config.items() if k != "block_out_channels"})
+
+
+def build_autoencoder(**config) -> AutoencoderTiny:
+    """A fresh ``AutoencoderTiny`` (``config`` are its arguments) whose saved folders load without warnings."""
+    vae = AutoencoderTiny(**config)
+    _drop_unaccepted_config(vae)
+    return vae
 
 
 class VideoVAE(nn.Module):
@@ -46,6 +65,7 @@ class VideoVAE(nn.Module):
         if not isinstance(vae, SUPPORTED):
             names = ", ".join(cls.__name__ for cls in SUPPORTED)
             raise TypeError(f"vae must be one of {names}, got {type(vae).__name__}")
+        _drop_unaccepted_config(vae)
         self.vae = vae
         self.sample = sample
         config = vae.config

@@ -5,7 +5,7 @@
 One training example is one chunk of a ground-truth trajectory, set up exactly as the
 sampler (:class:`~mirage_gym.model.MirageGenerator`) sets it up at inference:
 
-* the ``context_frames`` latent frames before the chunk are the clean context (sometimes
+* the ``model.context_frames`` latent frames before the chunk are the clean context (sometimes
   one frame repeated, as after ``start()``; with a little noise, since at inference they
   are generated, not encoded);
 * a :class:`~mirage_gym.memory.LatentCache` is filled from a random subset of the other
@@ -21,34 +21,34 @@ Before training, the clips are rendered and encoded once (:mod:`.latent_clips`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
-from torch import Tensor
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 
+from mirage_gym.config import VALIDATION_ROOM_SEEDS, Config, FlowMatchingTraining, GeneratorTraining, build_generator, load_config
 from mirage_gym.geometry import scale_intrinsics
 from mirage_gym.memory import LatentCache
 from mirage_gym.model import DepthHead, VideoVAE
-from mirage_gym.model.generator import MirageGenerator
 from mirage_gym.model.transformer import build_transformer, chunk_inputs, empty_prompt_embeds, predict_flow
-from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET, load_config
 from mirage_gym.training.latent_clips import LatentClips, encode_clips, shard_streams
-from mirage_gym.training.vae_stage import load_stage1
 from mirage_gym.training.loop import (
-    TrainState,
-    add_common_arguments,
-    load_checkpoint,
-    make_optimizer,
-    resolve_device,
-    save_checkpoint,
-    stage_settings,
+    Stage, add_common_arguments, fit, print_final, resolve_device, stage_settings,
 )
+from mirage_gym.training.vae_stage import load_stage1
 
-__all__ = ["ChunkBatch", "make_chunk_batch", "flow_matching_loss", "train_generator", "export"]
+__all__ = [
+    "ChunkBatch", "make_chunk_batch", "sample_sigmas", "flow_matching_loss", "schedule_of", "flow_matching_stage",
+    "train_generator", "export",
+]
+
+# Validation examples are the same at every validation: drawn from this seed.
+VALIDATION_SEED = 1234
 
 
 class ChunkBatch:
@@ -71,7 +71,7 @@ def make_chunk_batch(
     cache_dropout: float,
     history_keep: tuple[float, float],
     context_noise: float,
-    generator: torch.Generator,
+    rng: torch.Generator,
     align: int = 1,
 ) -> ChunkBatch:
     """Pick a chunk, its context and a cache history in every clip, and read the cache for the chunk.
@@ -92,23 +92,23 @@ def make_chunk_batch(
     if last < first:
         raise ValueError(f"clips of {n} frames hold no chunk of {t} aligned to {align} after {k} context frames")
     device = latents.device
-    start = align * int(torch.randint(first, last + 1, (1,), generator=generator))
+    start = align * int(torch.randint(first, last + 1, (1,), generator=rng))
     chunk_frames = torch.arange(start, start + t, device=device)
     context_idx = torch.arange(start - k, start, device=device)
     context = latents[:, :, context_idx]
     context_poses = cam_to_world[:, context_idx]
     # As after start(): the context is one frame repeated.
-    repeated = torch.rand(b, generator=generator) < 0.15
+    repeated = torch.rand(b, generator=rng) < 0.15
     context[repeated] = latents[repeated][:, :, start - 1 : start].expand(-1, -1, k, -1, -1)
     context_poses[repeated] = cam_to_world[repeated][:, start - 1 : start].expand(-1, k, -1, -1)
-    context = context + context_noise * torch.randn(context.shape, generator=generator).to(device)
+    context = context + context_noise * torch.randn(context.shape, generator=rng).to(device)
 
     # History: every frame outside the chunk, each kept with a per-clip probability; some clips get none.
     lo, hi = history_keep
-    p = lo + (hi - lo) * torch.rand(b, 1, generator=generator)
-    history = torch.rand(b, n, generator=generator) < p
+    p = lo + (hi - lo) * torch.rand(b, 1, generator=rng)
+    history = torch.rand(b, n, generator=rng) < p
     history[:, start : start + t] = False
-    history[torch.rand(b, generator=generator) < cache_dropout] = False
+    history[torch.rand(b, generator=rng) < cache_dropout] = False
     cache = LatentCache(channels=c, voxel_size=voxel_size, capacity=n * h * w, num_scenes=b, device=device)
     clip_idx, frame_idx = history.nonzero(as_tuple=True)
     if clip_idx.numel():
@@ -131,9 +131,9 @@ def make_chunk_batch(
     )
 
 
-def sample_sigmas(batch: int, shift: float, generator: torch.Generator) -> Tensor:
+def sample_sigmas(batch: int, shift: float, rng: torch.Generator) -> Tensor:
     """Noise levels ``s`` in ``(0, 1)``: logit-normal, then the scheduler's shift ``shift s / (1 + (shift - 1) s)``."""
-    u = torch.sigmoid(torch.randn(batch, generator=generator))
+    u = torch.sigmoid(torch.randn(batch, generator=rng))
     return shift * u / (1 + (shift - 1) * u)
 
 
@@ -152,8 +152,61 @@ def flow_matching_loss(
     return F.mse_loss(flow[:, :, k:], noise - batch.target)
 
 
+def schedule_of(scheduler: Any) -> tuple[float, int]:
+    """The flow shift and ``num_train_timesteps`` of a sampler's scheduler: the schedule training follows."""
+    config = scheduler.config
+    return float(config.get("flow_shift") or config.get("shift") or 1.0), int(config.num_train_timesteps)
+
+
+def flow_matching_stage(
+    name: str,
+    modules: dict[str, nn.Module],
+    clips: LatentClips,
+    val: LatentClips,
+    hp: FlowMatchingTraining,
+    score: Callable[[ChunkBatch, Tensor, Tensor], Tensor],
+    *,
+    latent_intrinsics: Tensor,
+    context_frames: int,
+    chunk: int,
+    voxel_size: float,
+    shift: float,
+    align: int = 1,
+    val_batch_size: int | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
+) -> Stage:
+    """A flow-matching stage over encoded clips (stage 2, a LoRA): ``score(batch, sigmas, noise)`` is its loss.
+
+    A batch is ``hp.batch_size`` clips, each with a chunk, its context and a cache history
+    (:func:`make_chunk_batch`); noise levels follow the sampler's shifted schedule. Validation
+    scores ``val_batch_size`` validation examples drawn from :data:`VALIDATION_SEED`.
+    """
+    device = latent_intrinsics.device
+    batch_args = dict(
+        context_frames=context_frames, chunk=chunk, align=align, voxel_size=voxel_size, cache_dropout=hp.cache_dropout,
+        history_keep=hp.history_keep, context_noise=hp.context_noise,
+    )
+
+    def batch(source: LatentClips, n: int, rng: torch.Generator) -> ChunkBatch:
+        latents, depth, keep, poses = (x.to(device) for x in source.sample(n, rng))
+        return make_chunk_batch(latents, depth, keep, poses, latent_intrinsics, rng=rng, **batch_args)
+
+    def loss(chunks: ChunkBatch, rng: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        sigmas = sample_sigmas(chunks.target.shape[0], shift, rng).to(device)
+        noise = torch.randn(chunks.target.shape, generator=rng).to(device)
+        value = score(chunks, sigmas, noise)
+        return value, {"loss": value.item()}
+
+    def validate() -> dict[str, float]:
+        rng = torch.Generator().manual_seed(VALIDATION_SEED)
+        return {"loss": loss(batch(val, val_batch_size or hp.batch_size, rng), rng)[0].item()}
+
+    return Stage(name, modules, lambda step, rng: batch(clips, hp.batch_size, rng), loss,
+                 param_groups=param_groups, validate=validate)
+
+
 def train_generator(
-    config: dict,
+    config: Config,
     out: Path,
     stage1: Path,
     *,
@@ -165,85 +218,39 @@ def train_generator(
     progress: bool = True,
 ) -> dict[str, float]:
     """Train stage 2 into ``out`` and export the whole generator to ``out/model``; returns the last statistics."""
-    hp, steps, batch_size, seed = stage_settings(config, "train_generator", steps, batch_size, seed)
+    hp: GeneratorTraining = stage_settings(config, "generator", steps, batch_size, seed)
+    model = config.model
     vae, head = load_stage1(stage1, device)
-    clip_frames, chunk, k = hp["clip_frames"], config["chunk"], config["context_frames"]
-    data = config.get("data", {})
-    train_seeds = tuple(data.get("train_room_seeds", (0, 100_000)))
-    encode_clips(out / "clips", shard_streams(config, vae.spatial_factor, train_seeds, seed), vae, head, num_clips=hp["num_clips"],
-                 clip_frames=clip_frames, chunk=chunk, progress=progress)
-    val_seeds = (EVAL_ROOM_SEED_OFFSET + 500_000, EVAL_ROOM_SEED_OFFSET + 600_000)  # held out, apart from eval rooms
-    encode_clips(out / "val_clips", shard_streams(config, vae.spatial_factor, val_seeds, seed + 1), vae, head, num_clips=hp["val_clips"],
-                 clip_frames=clip_frames, chunk=chunk, progress=progress)
+    for folder, seeds, count, stream_seed in (("clips", config.training.data.train_room_seeds, hp.num_clips, hp.seed),
+                                              ("val_clips", VALIDATION_ROOM_SEEDS, hp.val_clips, hp.seed + 1)):
+        encode_clips(out / folder, shard_streams(config, vae.spatial_factor, seeds, stream_seed), vae, head,
+                     num_clips=count, clip_frames=hp.clip_frames, chunk=model.chunk_frames, progress=progress)
     clips, val = LatentClips(out / "clips"), LatentClips(out / "val_clips")
     latent_k = scale_intrinsics(clips.intrinsics, 1.0 / vae.spatial_factor).to(device)
 
-    transformer = build_transformer(vae.latent_channels, **config["transformer"]).to(device)
-    modules = {"transformer": transformer}
-    optimizer, scheduler = make_optimizer(transformer.parameters(), hp["lr"], hp["warmup"], steps)
-    state = TrainState()
-    if resume and load_checkpoint(out, state, modules, optimizer, scheduler):
-        print(f"resumed {out} at step {state.step}")
-    shift = config["sampling"]["shift"]
-    batch_args = dict(
-        context_frames=k, chunk=chunk, voxel_size=config["memory"]["voxel_size"], cache_dropout=hp["cache_dropout"],
-        history_keep=tuple(hp["history_keep"]), context_noise=hp["context_noise"],
+    torch.manual_seed(hp.seed)  # the transformer's initial weights
+    transformer = build_transformer(vae.latent_channels, **dataclasses.asdict(model.transformer)).to(device)
+    shift, num_train_timesteps = schedule_of(FlowMatchEulerDiscreteScheduler(shift=model.sampling.shift))
+
+    def score(batch: ChunkBatch, sigmas: Tensor, noise: Tensor) -> Tensor:
+        return flow_matching_loss(transformer, batch, latent_k, sigmas, noise, num_train_timesteps)
+
+    stage = flow_matching_stage(
+        "generator", {"transformer": transformer}, clips, val, hp, score, latent_intrinsics=latent_k,
+        context_frames=model.context_frames, chunk=model.chunk_frames, voxel_size=model.memory.voxel_size,
+        shift=shift, val_batch_size=4 * hp.batch_size,
     )
-
-    def loss_on(source: LatentClips, gen: torch.Generator, n: int) -> Tensor:
-        latents, depth, keep, poses = (x.to(device) for x in source.sample(n, gen))
-        batch = make_chunk_batch(latents, depth, keep, poses, latent_k, generator=gen, **batch_args)
-        sigmas = sample_sigmas(n, shift, gen).to(device)
-        noise = torch.randn(batch.target.shape, generator=gen).to(device)
-        return flow_matching_loss(transformer, batch, latent_k, sigmas, noise, 1000)
-
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + state.step)
-    writer = SummaryWriter(str(out / "tb"))
-    stats: dict[str, float] = {}
-    bar = tqdm(total=steps, initial=state.step, desc="train generator", disable=not progress, dynamic_ncols=True)
-    transformer.train()
-    while state.step < steps:
-        loss = loss_on(clips, gen, batch_size)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        bar.update(1)
-        stats["loss/train"] = loss.item()
-        if state.step % hp["log_every"] == 0 or state.step == steps:
-            with torch.no_grad():
-                transformer.eval()
-                stats["loss/val"] = loss_on(val, torch.Generator().manual_seed(1234), 4 * batch_size).item()
-                transformer.train()
-            for key, value in stats.items():
-                writer.add_scalar(key, value, state.step)
-            writer.add_scalar("lr", scheduler.get_last_lr()[0], state.step)
-            bar.set_postfix(loss=f"{stats['loss/train']:.3f}", val=f"{stats['loss/val']:.3f}")
-        if state.step % hp["checkpoint_every"] == 0 or state.step == steps:
-            save_checkpoint(out, state, modules, optimizer, scheduler, config)
-    bar.close()
-    writer.close()
-    transformer.eval()
+    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress)
     # Stage 1 may have gone on refining its decoder and depth head on the frozen encoder while
     # this stage trained (the latents are the same): ship its parts as they are now.
     vae, head = load_stage1(stage1, device)
     export(config, transformer, vae, head, out / "model")
-    stats["wall_time_s"] = state.elapsed()
-    return stats
+    return {**fitted.stats, "wall_time_s": fitted.wall_time_s}
 
 
-def export(config: dict, transformer, vae: VideoVAE, head: DepthHead, folder: Path) -> Path:
+def export(config: Config, transformer: nn.Module, vae: VideoVAE, head: DepthHead, folder: Path) -> Path:
     """Save the trained parts as one Mirage folder that ``MirageGenerator.from_pretrained`` loads."""
-    sampling, memory = config["sampling"], config["memory"]
-    generator = MirageGenerator(
-        transformer, vae, head, FlowMatchEulerDiscreteScheduler(shift=sampling["shift"]),
-        num_inference_steps=sampling["num_inference_steps"], voxel_size=memory["voxel_size"],
-        cache_capacity=memory["capacity"], context_frames=config["context_frames"],
-        cache_guidance=sampling.get("cache_guidance", 0.0),
-    )
-    return generator.save_pretrained(folder)
+    return build_generator(config, transformer=transformer, vae=vae, depth_head=head).save_pretrained(folder)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -254,11 +261,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = load_config(args.config)
     stats = train_generator(
-        config, Path(args.out), Path(args.vae), steps=args.steps, batch_size=args.batch_size,
+        load_config(args.config), Path(args.out), Path(args.vae), steps=args.steps, batch_size=args.batch_size,
         device=resolve_device(args.device), seed=args.seed, resume=args.resume,
     )
-    print("final:", ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    print_final(stats)
     print(f"model: {Path(args.out) / 'model'}")
     return 0

@@ -28,24 +28,26 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mirage_gym.config import Config
 from mirage_gym.memory import TokenFilter
 from mirage_gym.model import DepthHead, VideoVAE
 from mirage_gym.training.data import RoomStream
+from mirage_gym.training.loop import derived_seed
 
 __all__ = ["encode_clips", "LatentClips", "shard_streams", "write_shard", "load_shards"]
 
 SHARD = "shard_{:05d}.safetensors"
 
 
-def shard_streams(config: dict, latent_factor: int, seeds: tuple[int, int], seed: int) -> Callable[[int], RoomStream]:
+def shard_streams(config: Config, latent_factor: int, seeds: tuple[int, int], seed: int) -> Callable[[int], RoomStream]:
     """Shard ``i``'s stream: its own seed and a small pool of its own rooms (a shard holds 32 clips)."""
-    data = config.get("data", {})
+    data = config.training.data
 
     def make_stream(index: int) -> RoomStream:
         return RoomStream(
-            resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=latent_factor,
-            room_seeds=seeds, pool_size=data.get("rooms_per_shard", 8),
-            moving_objects_prob=data.get("moving_objects_prob", 0.3), seed=seed * 1_000_003 + index,
+            resolution=config.model.resolution, fov_deg=config.model.fov_deg, latent_factor=latent_factor,
+            room_seeds=seeds, pool_size=data.rooms_per_shard, moving_objects_prob=data.moving_objects_prob,
+            seed=derived_seed(seed, index),
         )
 
     return make_stream
@@ -130,9 +132,10 @@ class LatentClips:
     def __len__(self) -> int:
         return self.latents.shape[0]
 
-    def sample(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``latents [B, C, L, h, w]`` float32, ``token_depth [B, L, h, w]``, ``keep``, ``cam_to_world``."""
-        index = torch.randint(len(self), (batch,), generator=generator)
+    def sample(self, batch: int, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``batch`` clips drawn with ``rng``: ``latents [B, C, L, h, w]`` float32, ``token_depth [B, L, h, w]``,
+        ``keep``, ``cam_to_world``."""
+        index = torch.randint(len(self), (batch,), generator=rng)
         return (
             self.latents[index].float().transpose(1, 2),
             self.token_depth[index].float(),

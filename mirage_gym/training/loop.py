@@ -1,80 +1,126 @@
-"""What every training stage shares: checkpoints with resume, the optimiser and schedule, logging.
+"""The one training loop: :func:`fit` runs every stage.
 
-A checkpoint is one ``checkpoint.pt`` in the run folder, written atomically (a temporary
-file renamed over the old one), so killing a run at any moment leaves either the previous
-or the new checkpoint, never half of one. ``--resume`` continues from it; the data stream
-is reseeded from ``(seed, step)`` so a resumed run stays reproducible.
+A stage is a :class:`Stage`: its modules, a batch source and a loss. :func:`fit` owns the
+rest, the same for all of them, in the plain order of a CleanRL or diffusers script:
+
+* **randomness** -- step ``s`` of a run seeded ``seed`` draws everything (data, crops,
+  noise, cache dropout) from ``step_rng(seed, s)``, and the global torch generator is
+  re-seeded from ``(seed, s)`` too, for the draws modules make on their own (dropout). A run
+  resumed at step ``s`` is therefore the same run: it ends with the same weights, bit for bit;
+* AdamW with a linear warm-up and a cosine decay, gradients clipped at norm 1;
+* tqdm, and tensorboard in ``OUT/tb`` under one key scheme: ``train/<name>`` for the loss's
+  statistics and the learning rate, ``val/<name>`` for the stage's validation (run every
+  ``log_every`` steps, modules in eval mode, no gradients), ``images/<name>``;
+* **checkpoints** -- one ``OUT/checkpoint.pt`` every ``checkpoint_every`` steps and at the end,
+  written atomically (a temporary file renamed over the old one: a run killed at any moment
+  leaves the previous or the new checkpoint, never half of one) and holding only tensors and
+  plain data, so it is read back with ``torch.load(weights_only=True)``: a planted file that
+  would run code when unpickled is refused with a ``ValueError`` naming it.
+
+Stage-specific events (stage 1 freezing its encoder at a step) are hooks of the stage, not
+loops of their own.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import pickle
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from mirage_gym.config import Config, StageTraining
 
 __all__ = [
+    "CHECKPOINT",
+    "Stage",
+    "Fitted",
     "TrainState",
-    "add_common_arguments",
+    "fit",
+    "derived_seed",
+    "step_rng",
     "stage_settings",
+    "add_common_arguments",
+    "print_final",
     "resolve_device",
     "make_optimizer",
     "save_checkpoint",
     "load_checkpoint",
+    "load_tensors",
+    "save_tensors",
 ]
 
 CHECKPOINT = "checkpoint.pt"
+# Offsets the global generator's seed from the step generator's, so the two streams differ.
+_GLOBAL_SALT = 2**40
+
+def derived_seed(seed: int, index: int) -> int:
+    """The seed of item ``index`` (a step, a shard of clips) of a run seeded ``seed``."""
+    return seed * 1_000_003 + index
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--config", default="default", help="shipped config name or path to a JSON config")
-    parser.add_argument("--out", default=default_out, help="run folder: checkpoint, tensorboard logs, exported weights")
-    parser.add_argument("--steps", type=int, default=None, help="total optimisation steps (default: the config's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the config's)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
-    parser.add_argument(
-        "--resume", action=argparse.BooleanOptionalAction, default=True,
-        help="continue from OUT/checkpoint.pt when it exists (default: on)",
-    )
+def step_rng(seed: int, step: int) -> torch.Generator:
+    """The generator every random draw of step ``step`` comes from."""
+    return torch.Generator().manual_seed(derived_seed(seed, step))
 
 
-def stage_settings(
-    config: dict, stage: str, steps: int | None, batch_size: int | None, seed: int | None
-) -> tuple[dict, int, int, int]:
-    """A stage's hyperparameters with the command-line overrides applied; seeds torch."""
-    if stage not in config:
-        raise ValueError(f"config {config.get('name', '?')!r} has no {stage!r} section: it does not train this stage")
-    hp = config[stage]
-    seed = hp["seed"] if seed is None else seed
-    torch.manual_seed(seed)
-    return hp, steps or hp["steps"], batch_size or hp["batch_size"], seed
+@dataclass
+class Stage:
+    """What a stage gives :func:`fit`.
+
+    Attributes:
+        name: the stage's name (the progress bar says ``train <name>``).
+        modules: the trained modules, saved in the checkpoint under these names.
+        batch: ``batch(step, rng)``: the batch of ``step``, drawn from ``rng``.
+        loss: ``loss(batch, rng) -> (loss, stats)``; ``stats`` are floats logged as ``train/<name>``.
+        param_groups: the optimiser's parameter groups (default: every parameter of ``modules``
+            that requires a gradient when the stage starts).
+        validate: statistics on held-out data, logged as ``val/<name>``.
+        before_step: a hook called with the step number before each step (and after a resume).
+        images: images ``[N, 3, H, W]`` in ``[0, 1]`` to log every ``10 * log_every`` steps.
+        base_modules: modules not saved that switch between train and eval mode with ``modules``
+            (a frozen base whose adapters are trained).
+    """
+
+    name: str
+    modules: dict[str, nn.Module]
+    batch: Callable[[int, torch.Generator], Any]
+    loss: Callable[[Any, torch.Generator], tuple[Tensor, dict[str, float]]]
+    param_groups: list[dict[str, Any]] | None = None
+    validate: Callable[[], dict[str, float]] | None = None
+    before_step: Callable[[int], None] | None = None
+    images: Callable[[], dict[str, Tensor]] | None = None
+    base_modules: tuple[nn.Module, ...] = ()
+
+    def train(self, mode: bool = True) -> None:
+        for module in (*self.modules.values(), *self.base_modules):
+            module.train(mode)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
+@dataclass
+class Fitted:
+    """What :func:`fit` leaves: the steps done, the run's wall time (over resumes) and the last logged
+    statistics (``train/<name>``, ``val/<name>``; empty when the run had no step left)."""
 
-
-def make_optimizer(params, lr: float, warmup: int, steps: int) -> tuple[torch.optim.Optimizer, Any]:
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=1e-4)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=steps)
-    return optimizer, scheduler
+    first_step: int  # where this call started: 0, or the step it resumed at
+    step: int
+    wall_time_s: float
+    stats: dict[str, float]
 
 
 class TrainState:
-    """Step counter, wall time and a stage's own small records (``extra``), carried across resumes."""
+    """Step counter, wall time and a stage's own small records (``extra``, plain data), carried across resumes."""
 
     def __init__(self) -> None:
         self.step = 0
@@ -95,30 +141,166 @@ class TrainState:
         self._started = time.perf_counter()
 
 
-def save_checkpoint(out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer, scheduler, config: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def fit(
+    stage: Stage,
+    settings: StageTraining,
+    out: Path,
+    *,
+    config: Config,
+    resume: bool = True,
+    progress: bool = True,
+    state: TrainState | None = None,
+) -> Fitted:
+    """Train ``stage`` for ``settings.steps`` steps in the run folder ``out`` (resuming from its checkpoint).
+
+    ``state`` lets a stage read and write ``state.extra`` from its hooks (kept in the checkpoint).
+    """
+    params = stage.param_groups or [
+        {"params": [p for m in stage.modules.values() for p in m.parameters() if p.requires_grad]}
+    ]
+    trained = [p for group in params for p in group["params"]]
+    optimizer, scheduler = make_optimizer(params, settings.lr, settings.warmup, settings.steps)
+    state = state if state is not None else TrainState()
+    if resume and load_checkpoint(out, state, stage.modules, optimizer, scheduler):
+        print(f"resumed {out} at step {state.step}")
+    first_step = state.step
+    writer = SummaryWriter(str(out / "tb"))
+    bar = tqdm(total=settings.steps, initial=state.step, desc=f"train {stage.name}", disable=not progress,
+               dynamic_ncols=True)
+    stats: dict[str, float] = {}
+    stage.train()
+    while state.step < settings.steps:
+        if stage.before_step is not None:
+            stage.before_step(state.step)
+        rng = step_rng(settings.seed, state.step)
+        torch.manual_seed(derived_seed(settings.seed, state.step) + _GLOBAL_SALT)  # modules' own draws (dropout)
+        loss, step_stats = stage.loss(stage.batch(state.step, rng), rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        scheduler.step()
+        state.step += 1
+        bar.update(1)
+        last = state.step == settings.steps
+        if state.step % settings.log_every == 0 or last:
+            logged = {f"train/{k}": v for k, v in step_stats.items()} | {"train/lr": scheduler.get_last_lr()[0]}
+            if stage.validate is not None:
+                stage.train(False)
+                with torch.no_grad():
+                    logged |= {f"val/{k}": v for k, v in stage.validate().items()}
+                stage.train()
+            for key, value in logged.items():
+                writer.add_scalar(key, value, state.step)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in logged.items() if k.endswith("/loss")})
+            stats = logged
+        if stage.images is not None and state.step % (10 * settings.log_every) == 0:
+            for key, images in stage.images().items():
+                writer.add_images(f"images/{key}", images, state.step)
+        if state.step % settings.checkpoint_every == 0 or last:
+            save_checkpoint(out, state, stage.modules, optimizer, scheduler, config)
+    bar.close()
+    writer.close()
+    stage.train(False)
+    return Fitted(first_step=first_step, step=state.step, wall_time_s=state.elapsed(), stats=stats)
+
+
+# ---------------------------------------------------------------------- settings and the command line
+
+
+def stage_settings(
+    config: Config, stage: str, steps: int | None = None, batch_size: int | None = None, seed: int | None = None
+) -> Any:
+    """Stage ``stage``'s training section with the command-line overrides applied; seeds torch's
+    global generator with the run's seed, so freshly built modules start from the same weights."""
+    section = config.stage(stage)
+    overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed)) if v is not None}
+    section = dataclasses.replace(section, **overrides)
+    torch.manual_seed(section.seed)
+    return section
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--config", default="default", help="shipped config name or path to a JSON config")
+    parser.add_argument("--out", default=default_out, help="run folder: checkpoint, tensorboard logs, exported weights")
+    parser.add_argument("--steps", type=int, default=None, help="total optimisation steps (default: the config's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the config's)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
+    parser.add_argument(
+        "--resume", action=argparse.BooleanOptionalAction, default=True,
+        help="continue from OUT/checkpoint.pt when it exists (default: on)",
+    )
+
+
+def print_final(stats: dict[str, float]) -> None:
+    """The command line's last word on a run: its final statistics."""
+    print("final:", ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def make_optimizer(params: Iterable, lr: float, warmup: int, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def save_tensors(path: Path, payload: dict[str, Any]) -> None:
+    """Write tensors and plain data atomically (a temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict[str, Any]:
+    """Read a file of :func:`save_tensors` with ``weights_only=True``; anything else is a ``ValueError`` naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} is not a plain checkpoint (tensors and plain data only): it was refused unread, since loading "
+            f"it could run code. Move it away to start afresh ({str(err).splitlines()[0]})"
+        ) from err
+    except Exception as err:  # a truncated or foreign file: say which file, do not guess
+        raise ValueError(f"{path} could not be read ({err}); move it away to start afresh") from err
+
+
+def save_checkpoint(
+    out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any,
+    config: Config,
+) -> None:
     payload = {
         "train_state": state.state_dict(),
         "modules": {name: module.state_dict() for name, module in modules.items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "config": config,
+        "config": config.to_dict(),
     }
-    tmp = out / (CHECKPOINT + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, out / CHECKPOINT)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_tensors(out / CHECKPOINT, payload)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def load_checkpoint(out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer, scheduler) -> bool:
+def load_checkpoint(
+    out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any
+) -> bool:
     """Restore from ``out/checkpoint.pt``; returns False when there is none."""
     path = out / CHECKPOINT
     if not path.exists():
         return False
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file: say which file, do not guess
-        raise ValueError(f"checkpoint {path} could not be read ({err}); move it away to start afresh") from err
+    payload = load_tensors(path)
     missing = [name for name in modules if name not in payload.get("modules", {})]
     if missing:
         raise ValueError(f"checkpoint {path} lacks modules {missing}: it belongs to another stage or config")

@@ -26,8 +26,8 @@ are reused as they are). What differs:
 * **Data** -- the Wan VAE compresses time 4-fold: clips are encoded chunk by chunk and
   kept per *latent* frame (:mod:`.video_clips`), and training chunks are whole encoded
   chunks (``align``).
-* **Depth head** -- Wan has none, so a :class:`~mirage_gym.model.DepthHead` is first
-  trained on the clips' Wan latents against ground-truth depth (at the latent cell
+* **Depth head** -- Wan has none, so a :class:`~mirage_gym.model.DepthHead` (``model.depth_head``,
+  trained by ``training.lora_depth``) is first trained on the clips' Wan latents against ground-truth depth (at the latent cell
   centres and at the pixels, ``|log d - log d_gt|``, with a little latent noise as in
   stage 1). It is then frozen, and the clips are annotated with *its* depth and filter
   decisions before the LoRA trains, so training caches are built as at inference.
@@ -38,10 +38,11 @@ are reused as they are). What differs:
 Run folder ``out/``::
 
     raw_clips/ raw_val_clips/   Wan latents + ground-truth depth (encoded once)
-    depth/checkpoint.pt         the depth-head phase (resumable), depth/depth_head/ its export
+    depth/checkpoint.pt         the depth-head phase (resumable), depth/depth_head/ its export,
+                                depth/tb/ its tensorboard (train/loss, val/abs_rel, train/lr)
     clips/ val_clips/           latents with predicted depth and keep masks (LatentClips)
     checkpoint.pt, config.json  the LoRA phase: trained parameters, optimiser (resumable)
-    tb/                         tensorboard: depth_head/*, loss/train, loss/val, lr
+    tb/                         tensorboard: train/loss, val/loss, train/lr
     lora/                       the result: MirageGenerator.from_pretrained(base, lora=out / "lora")
     run.json                    what the stored data depends on; another base or setting is refused
 """
@@ -49,6 +50,7 @@ Run folder ``out/``::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -57,34 +59,22 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
+from torch.utils.hooks import RemovableHandle
 
+from mirage_gym.config import VALIDATION_ROOM_SEEDS, Config, LoraConfig, LoraTraining, build_generator, load_config
 from mirage_gym.geometry import scale_intrinsics
 from mirage_gym.metrics import abs_rel
 from mirage_gym.model import DepthHead, MirageGenerator, VideoVAE
 from mirage_gym.model.pretrained import MIRAGE_CONFIG, LoadedComponents, add_lora, load_components, lora_parameters
-from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET, read_config_file
 from mirage_gym.training.depth_stage import depth_loss
-from mirage_gym.training.generator_stage import ChunkBatch, flow_matching_loss, make_chunk_batch, sample_sigmas
+from mirage_gym.training.generator_stage import ChunkBatch, flow_matching_loss, flow_matching_stage, schedule_of
 from mirage_gym.training.latent_clips import LatentClips, shard_streams
-from mirage_gym.training.loop import (
-    TrainState,
-    add_common_arguments,
-    load_checkpoint,
-    make_optimizer,
-    resolve_device,
-    save_checkpoint,
-    stage_settings,
-)
+from mirage_gym.training.loop import Stage, add_common_arguments, fit, print_final, resolve_device, stage_settings
+from mirage_gym.training.vae_stage import with_latent_noise
 from mirage_gym.training.video_clips import RawVideoClips, annotate_video_clips, encode_video_clips
 
 __all__ = ["LoraRun", "load_lora_config", "train_lora", "expert_flow_loss", "add_arguments", "run"]
 
-REQUIRED = (
-    "resolution", "fov_deg", "chunk_frames", "context_frames", "lora", "depth_head", "clips", "sampling", "memory",
-    "train_lora",
-)
 PRECISIONS = ("auto", "bf16", "fp32")
 RUN_FILE = "run.json"
 EXPERTS = ("transformer", "transformer_2")
@@ -102,51 +92,34 @@ class LoraRun:
 # ---------------------------------------------------------------------- configuration
 
 
-def load_lora_config(name_or_path: str | Path) -> dict[str, Any]:
-    """A LoRA config by shipped name (``"lora_default"``) or JSON path, with its base-independent checks."""
-    config, path = read_config_file(name_or_path, shipped="lora*.json", kind="LoRA ")
-    _check_config(config, f"config file {path}")
+def load_lora_config(name_or_path: str | Path) -> Config:
+    """A LoRA config by shipped name (``"lora_default"``) or JSON path, checked to be one."""
+    config = load_config(name_or_path, shipped="lora*.json")
+    _check_is_lora(config, f"config {str(name_or_path)!r}")
     return config
 
 
-def _check_config(config: dict[str, Any], source: str) -> None:
-    missing = [key for key in REQUIRED if key not in config]
+def _check_is_lora(config: Config, source: str) -> None:
+    missing = [key for key, value in (("model.lora", config.model.lora), ("training.lora", config.training.lora),
+                                      ("training.lora_depth", config.training.lora_depth)) if value is None]
     if missing:
-        raise ValueError(f"{source} lacks required keys {missing} (is it a LoRA config?)")
-
-    def positive(value: Any, name: str) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{source}: {name} must be a positive integer, got {value!r}")
-
-    for key in ("resolution", "chunk_frames", "context_frames"):
-        positive(config[key], key)
-    for key in ("num_clips", "val_clips", "chunks_per_clip", "clips_per_shard"):
-        positive(config["clips"][key], f"clips.{key}")
-    if config["clips"]["chunks_per_clip"] < 2:
-        raise ValueError(f"{source}: clips.chunks_per_clip must be >= 2 (a chunk needs one before it as context)")
-    positive(config["lora"]["rank"], "lora.rank")
-    if config["lora"].get("patch_embedding", "extra") not in ("extra", "all"):
-        mode = config["lora"]["patch_embedding"]
-        raise ValueError(f"{source}: lora.patch_embedding must be 'extra' or 'all', got {mode!r}")
-    _, hi = config.get("data", {}).get("train_room_seeds", [0, EVAL_ROOM_SEED_OFFSET])
-    if hi > EVAL_ROOM_SEED_OFFSET:
-        raise ValueError(f"{source}: train_room_seeds must stay below {EVAL_ROOM_SEED_OFFSET} (held out)")
+        raise ValueError(f"{source} is not a LoRA config: it has no {', '.join(missing)}")
 
 
-def _check_against_base(config: dict[str, Any], parts: LoadedComponents) -> int:
+def _check_against_base(config: Config, parts: LoadedComponents) -> int:
     """Checks that need the base; returns the latent frames per chunk."""
-    vae = parts.vae
+    vae, model = parts.vae, config.model
     if not vae.is_temporal:
         raise ValueError(f"base {parts.base_model_path}: its VAE {type(vae.vae).__name__} is not a Wan (temporal) VAE")
     try:
-        t = vae.num_latent_frames(config["chunk_frames"])
+        t = vae.num_latent_frames(model.chunk_frames)
     except ValueError as err:
         raise ValueError(f"chunk_frames: {err}") from err
     _, p_h, p_w = parts.transformer.config.patch_size
     cell = vae.spatial_factor * max(p_h, p_w)
-    if config["resolution"] % cell:
-        raise ValueError(f"resolution {config['resolution']} must be a multiple of {cell} for this base (VAE x patch)")
-    k, chunks = config["context_frames"], config["clips"]["chunks_per_clip"]
+    if model.resolution % cell:
+        raise ValueError(f"resolution {model.resolution} must be a multiple of {cell} for this base (VAE x patch)")
+    k, chunks = model.context_frames, config.training.lora.chunks_per_clip
     if k > (chunks - 1) * t:
         raise ValueError(f"context_frames {k} exceed the {(chunks - 1) * t} latent frames before a clip's last chunk")
     return t
@@ -170,10 +143,13 @@ def _load_base(base: Path, device: torch.device, precision: str) -> tuple[Loaded
     return parts, mixed
 
 
-def _run_signature(config: dict[str, Any], base: Path, seed: int) -> dict[str, Any]:
+def _run_signature(config: Config, base: Path, seed: int) -> dict[str, Any]:
     """Everything the stored clips, depth head and LoRA checkpoint depend on."""
-    keys = ("resolution", "fov_deg", "chunk_frames", "context_frames", "clips", "data", "depth_head", "lora")
-    return {"base": str(base.resolve()), "seed": seed, **{k: config.get(k) for k in keys}}
+    model, training = config.to_dict()["model"], config.to_dict()["training"]
+    clips = {k: training["lora"][k] for k in ("num_clips", "val_clips", "chunks_per_clip", "clips_per_shard")}
+    keys = ("resolution", "fov_deg", "chunk_frames", "context_frames", "depth_head", "lora")
+    return {"base": str(base.resolve()), "seed": seed, **{k: model[k] for k in keys}, "clips": clips,
+            "data": training["data"], "lora_depth": training["lora_depth"]}
 
 
 def _check_run_folder(out: Path, signature: dict[str, Any]) -> None:
@@ -192,87 +168,66 @@ def _check_run_folder(out: Path, signature: dict[str, Any]) -> None:
         )
 
 
-# ---------------------------------------------------------------------- data
-
-
-# ---------------------------------------------------------------------- depth head
-
-
-def _depth_loss(head: DepthHead, latents: Tensor, depth_token: Tensor, depth_pixel: Tensor, noise: float) -> Tensor:
-    """``|log d - log d_gt|`` at the latent cells and at the pixels, on latents with a little noise."""
-    sigma = noise * torch.rand(latents.shape[0], 1, 1, 1, device=latents.device) * latents.std()
-    return depth_loss(head, latents + sigma * torch.randn_like(latents), depth_pixel, depth_token)
+# ---------------------------------------------------------------------- data and depth head
 
 
 def _train_depth_head(
-    config: dict[str, Any], out: Path, raw: RawVideoClips, val: RawVideoClips, vae: VideoVAE, *,
-    device: torch.device, seed: int, resume: bool, progress: bool, writer: SummaryWriter,
+    config: Config, out: Path, raw: RawVideoClips, val: RawVideoClips, vae: VideoVAE, *,
+    device: torch.device, seed: int | None, resume: bool, progress: bool,
 ) -> tuple[DepthHead, bool, float]:
-    """Train (or finish training) the depth head on the Wan latents.
+    """Train (or finish training) ``model.depth_head`` on the Wan latents, in ``out``.
 
     Returns it frozen, whether this call changed it, and its token-depth abs-rel on the validation clips.
     """
-    hp = config["depth_head"]
-    architecture = {k: hp[k] for k in ("hidden_channels", "num_blocks", "min_depth", "max_depth") if k in hp}
-    head = DepthHead(latent_channels=vae.latent_channels, spatial_factor=vae.spatial_factor, **architecture).to(device)
-    optimizer, scheduler = make_optimizer(head.parameters(), hp["lr"], hp["warmup"], hp["steps"])
-    state = TrainState()
-    if resume:
-        load_checkpoint(out, state, {"depth_head": head}, optimizer, scheduler)
-    changed = state.step < hp["steps"]
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + state.step)
-    bar = tqdm(total=hp["steps"], initial=state.step, desc="train depth head", disable=not progress, dynamic_ncols=True)
-    head.train()
-    while state.step < hp["steps"]:
-        index = torch.randint(raw.num_latent_frames, (hp["batch_size"],), generator=gen)
-        loss = _depth_loss(head, *(x.to(device) for x in raw.frames(index)), hp.get("latent_noise", 0.1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        bar.update(1)
-        if state.step % hp["log_every"] == 0 or state.step == hp["steps"]:
-            writer.add_scalar("depth_head/loss", loss.item(), state.step)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if state.step % hp["checkpoint_every"] == 0 or state.step == hp["steps"]:
-            save_checkpoint(out, state, {"depth_head": head}, optimizer, scheduler, config)
-    bar.close()
-    head.eval().requires_grad_(False)
-    errors = []
-    with torch.no_grad():
-        for index in torch.arange(val.num_latent_frames).split(hp["batch_size"]):
+    hp = stage_settings(config, "lora_depth", seed=seed)
+    head = DepthHead(latent_channels=vae.latent_channels, spatial_factor=vae.spatial_factor,
+                     **dataclasses.asdict(config.model.depth_head)).to(device)
+
+    def batch(step: int, rng: torch.Generator) -> tuple[Tensor, ...]:
+        return tuple(x.to(device) for x in raw.frames(torch.randint(raw.num_latent_frames, (hp.batch_size,), generator=rng)))
+
+    def loss(batch: tuple[Tensor, ...], rng: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        latents, depth_token, depth_pixel = batch
+        value = depth_loss(head, with_latent_noise(latents, hp.latent_noise, rng, scale=latents.std()), depth_pixel,
+                           depth_token)
+        return value, {"loss": value.item()}
+
+    def validate() -> dict[str, float]:
+        errors = []
+        for index in torch.arange(val.num_latent_frames).split(hp.batch_size):
             latents, depth_token, _ = (x.to(device) for x in val.frames(index))
             errors.append(abs_rel(head(latents).token_depth, depth_token))
-    abs_rel_val = torch.cat(errors).mean().item()
-    writer.add_scalar("depth_head/abs_rel_val", abs_rel_val, state.step)
+        return {"abs_rel": torch.cat(errors).mean().item()}
+
+    stage = Stage("depth head", {"depth_head": head}, batch, loss, validate=validate)
+    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress)
+    head.eval().requires_grad_(False)
+    with torch.no_grad():
+        abs_rel_val = validate()["abs_rel"]
     head.save_pretrained(out / "depth_head")
-    return head, changed, abs_rel_val
+    return head, fitted.first_step < fitted.step, abs_rel_val
 
 
 def _prepare_data(
-    config: dict[str, Any], out: Path, vae: VideoVAE, *,
-    device: torch.device, seed: int, resume: bool, progress: bool, writer: SummaryWriter,
+    config: Config, out: Path, vae: VideoVAE, *, device: torch.device, seed: int, resume: bool, progress: bool,
+    depth_seed: int | None,
 ) -> tuple[LatentClips, LatentClips, DepthHead, float]:
     """Encode the clips, train the depth head on them, annotate them with it (each step resumable).
 
     Returns the training and validation clips, the frozen depth head and its validation abs-rel.
     """
-    clips_hp = config["clips"]
-    chunk_args = dict(chunk_frames=config["chunk_frames"], chunks=clips_hp["chunks_per_clip"], progress=progress)
-    train_seeds = tuple(config.get("data", {}).get("train_room_seeds", (0, 100_000)))
-    val_seeds = (EVAL_ROOM_SEED_OFFSET + 500_000, EVAL_ROOM_SEED_OFFSET + 600_000)  # held out, apart from eval rooms
+    hp = config.training.lora
+    chunk_args = dict(chunk_frames=config.model.chunk_frames, chunks=hp.chunks_per_clip, progress=progress)
     sources = {
-        "clips": (shard_streams(config, vae.spatial_factor, train_seeds, seed), clips_hp["num_clips"]),
-        "val_clips": (shard_streams(config, vae.spatial_factor, val_seeds, seed + 1), clips_hp["val_clips"]),
+        "clips": (shard_streams(config, vae.spatial_factor, config.training.data.train_room_seeds, seed), hp.num_clips),
+        "val_clips": (shard_streams(config, vae.spatial_factor, VALIDATION_ROOM_SEEDS, seed + 1), hp.val_clips),
     }
     for name, (streams, count) in sources.items():
-        encode_video_clips(out / f"raw_{name}", streams, vae, num_clips=count,
-                           clips_per_shard=clips_hp["clips_per_shard"], **chunk_args)
+        encode_video_clips(out / f"raw_{name}", streams, vae, num_clips=count, clips_per_shard=hp.clips_per_shard,
+                           **chunk_args)
     head, head_changed, depth_abs_rel = _train_depth_head(
         config, out / "depth", RawVideoClips(out / "raw_clips"), RawVideoClips(out / "raw_val_clips"), vae,
-        device=device, seed=seed, resume=resume, progress=progress, writer=writer,
+        device=device, seed=depth_seed, resume=resume, progress=progress,
     )
     for name, (streams, _) in sources.items():
         if head_changed:  # annotations made with an earlier depth head are stale
@@ -313,10 +268,24 @@ def expert_flow_loss(
     return total
 
 
+def _keep_base_channels(expert: nn.Module) -> RemovableHandle:
+    """In ``extra`` mode the checkpoint's own input channels stay as they are: their gradient is zeroed
+    as it is computed (AdamW moves nothing with zero gradients, and the patch embedding is never decayed)."""
+    c = expert.patch_embedding.base_channels
+
+    def zero_base(grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        grad[:, :c] = 0
+        return grad
+
+    return expert.patch_embedding.weight.register_hook(zero_base)
+
+
 def _prepare_experts(
-    parts: LoadedComponents, lora: dict[str, Any], *, gradient_checkpointing: bool, mixed: bool
-) -> tuple[list[nn.Module], nn.ParameterDict, list[nn.Parameter]]:
-    """Add the LoRA to every expert; returns the experts, the trained parameters (float32) and the patch embeddings'.
+    parts: LoadedComponents, lora: LoraConfig, *, gradient_checkpointing: bool, mixed: bool
+) -> tuple[list[nn.Module], nn.ParameterDict, list[nn.Parameter], list[RemovableHandle]]:
+    """Add the LoRA to every expert; returns the experts, the trained parameters (float32), the patch
+    embeddings' and the gradient hooks that keep the base's input channels.
 
     With ``mixed``, each expert's forward runs under bf16 autocast (as accelerate wraps a
     model's forward): only the transformer computes in bf16, while the cache, the Plücker
@@ -324,26 +293,32 @@ def _prepare_experts(
     """
     experts = [m for m in (parts.transformer, parts.transformer_2) if m is not None]
     trainable = nn.ParameterDict()
-    patch = []
+    patch, hooks = [], []
     for name, expert in zip(EXPERTS, experts):
         expert.requires_grad_(False)
-        add_lora(expert, rank=lora["rank"], alpha=lora.get("alpha"), ffn=lora.get("ffn", False),
-                 dropout=lora.get("dropout", 0.0))
-        for key, param in lora_parameters(expert, patch_embedding=lora.get("patch_embedding", "extra")).items():
+        add_lora(expert, rank=lora.rank, alpha=lora.alpha, ffn=lora.ffn, dropout=lora.dropout)
+        for key, param in lora_parameters(expert, patch_embedding=lora.patch_embedding).items():
             param.data = param.data.float()  # fp32 master weights, whatever the frozen base's dtype
             trainable[f"{name}/{key}".replace(".", "/")] = param
             if key.startswith("patch_embedding."):
                 patch.append(param)
+        if lora.patch_embedding == "extra":
+            hooks.append(_keep_base_channels(expert))
         if gradient_checkpointing:
             expert.enable_gradient_checkpointing()
         if mixed:
             device_type = next(expert.parameters()).device.type
             expert.forward = torch.autocast(device_type, dtype=torch.bfloat16)(expert.forward)
-    return experts, trainable, patch
+    return experts, trainable, patch, hooks
 
 
-def _release_experts(experts: list[nn.Module], trainable: nn.ParameterDict, mixed: bool) -> None:
-    """Back to sampling: eval mode, no checkpointing or autocast, trained weights in the base's bf16 when mixed."""
+def _release_experts(
+    experts: list[nn.Module], trainable: nn.ParameterDict, hooks: list[RemovableHandle], mixed: bool
+) -> None:
+    """Back to sampling: eval mode, no checkpointing, autocast or gradient hooks, trained weights in the base's
+    bf16 when mixed."""
+    for hook in hooks:
+        hook.remove()
     for expert in experts:
         expert.eval()
         if expert.is_gradient_checkpointing:
@@ -365,7 +340,7 @@ def _count(experts: list[nn.Module], trainable: nn.ParameterDict, extra_only: bo
 
 
 def train_lora(
-    config: dict[str, Any],
+    config: Config,
     base: str | Path,
     out: str | Path,
     *,
@@ -382,115 +357,65 @@ def train_lora(
 
     Args:
         config: a LoRA config (:func:`load_lora_config`).
-        rank: overrides ``config["lora"]["rank"]``.
-        steps, batch_size, seed: override ``config["train_lora"]``'s.
+        rank: overrides ``config.model.lora.rank``.
+        steps, batch_size: override ``config.training.lora``'s; seed: the LoRA's and the depth head's.
         precision: ``"auto"`` (bf16 base + fp32 trained weights on CUDA, fp32 on CPU), ``"bf16"`` or ``"fp32"``.
         resume: continue from ``out``'s checkpoints (depth head and LoRA) when they exist.
 
     Everything is checked -- the config, the base, ``out``'s earlier run -- before anything is written.
     """
     base, out, device = Path(base), Path(out), torch.device(device)
+    _check_is_lora(config, f"config {config.name!r}")
     if rank is not None:
-        config = {**config, "lora": {**config["lora"], "rank": rank}}
-    _check_config(config, "config")
-    hp, steps, batch_size, seed = stage_settings(config, "train_lora", steps, batch_size, seed)
+        if rank < 1:
+            raise ValueError(f"lora.rank must be a positive integer, got {rank!r}")
+        lora_config = dataclasses.replace(config.model.lora, rank=rank)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, lora=lora_config))
+    hp: LoraTraining = stage_settings(config, "lora", steps, batch_size, seed)
     parts, mixed = _load_base(base, device, precision)
     t = _check_against_base(config, parts)
-    signature = _run_signature(config, base, seed)
+    signature = _run_signature(config, base, hp.seed)
     _check_run_folder(out, signature)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_FILE).write_text(json.dumps(signature, indent=2) + "\n")
-    config = {**config, "base": signature["base"]}
 
     vae = parts.vae.requires_grad_(False)
-    writer = SummaryWriter(str(out / "tb"))
     clips, val, head, depth_abs_rel = _prepare_data(
-        config, out, vae, device=device, seed=seed, resume=resume, progress=progress, writer=writer
+        config, out, vae, device=device, seed=hp.seed, resume=resume, progress=progress, depth_seed=seed,
     )
     latent_k = scale_intrinsics(clips.intrinsics, 1.0 / vae.spatial_factor).to(device)
 
-    lora = config["lora"]
-    extra_only = lora.get("patch_embedding", "extra") == "extra"
-    experts, trainable, patch = _prepare_experts(
-        parts, lora, gradient_checkpointing=hp.get("gradient_checkpointing", False), mixed=mixed
+    lora = config.model.lora
+    experts, trainable, patch, hooks = _prepare_experts(
+        parts, lora, gradient_checkpointing=hp.gradient_checkpointing, mixed=mixed
     )
     patch_ids = {id(p) for p in patch}
     groups = [
         {"params": [p for p in trainable.values() if id(p) not in patch_ids]},
         {"params": patch, "weight_decay": 0.0},  # never decay (pretrained) input weights towards zero
     ]
-    optimizer, scheduler = make_optimizer(groups, hp["lr"], hp["warmup"], steps)
-    state = TrainState()
-    if resume and load_checkpoint(out, state, {"lora": trainable}, optimizer, scheduler):
-        print(f"resumed {out} at step {state.step}")
+    shift, num_train_timesteps = schedule_of(parts.scheduler)
 
-    k = config["context_frames"]
-    num_train_timesteps = int(parts.scheduler.config.num_train_timesteps)
-    scheduler_config = parts.scheduler.config
-    shift = float(scheduler_config.get("flow_shift") or scheduler_config.get("shift") or 1.0)
-    batch_args = dict(
-        context_frames=k, chunk=t, align=t, voxel_size=config["memory"]["voxel_size"],
-        cache_dropout=hp["cache_dropout"], history_keep=tuple(hp["history_keep"]), context_noise=hp["context_noise"],
-    )
-
-    def loss_on(source: LatentClips, gen: torch.Generator, n: int) -> Tensor:
-        latents, depth, keep, poses = (x.to(device) for x in source.sample(n, gen))
-        batch = make_chunk_batch(latents, depth, keep, poses, latent_k, generator=gen, **batch_args)
-        sigmas = sample_sigmas(n, shift, gen).to(device)
-        noise = torch.randn(batch.target.shape, generator=gen).to(device)
+    def score(batch: ChunkBatch, sigmas: Tensor, noise: Tensor) -> Tensor:
         return expert_flow_loss(experts, parts.boundary_ratio, batch, latent_k, sigmas, noise, num_train_timesteps)
 
-    trained, total = _count(experts, trainable, extra_only)
-    stats: dict[str, float] = {
-        "params/trainable": trained, "params/total": total, "depth_head/abs_rel_val": depth_abs_rel,
-    }
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + state.step)
-    bar = tqdm(total=steps, initial=state.step, desc="train lora", disable=not progress, dynamic_ncols=True)
-    for expert in experts:
-        expert.train()
-    while state.step < steps:
-        loss = loss_on(clips, gen, batch_size)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if extra_only:  # the checkpoint's own input channels stay as they are (Adam moves nothing with zero grads)
-            for expert in experts:
-                grad = expert.patch_embedding.weight.grad
-                if grad is not None:
-                    grad[:, : expert.patch_embedding.base_channels] = 0
-        torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        bar.update(1)
-        stats["loss/train"] = loss.item()
-        if state.step % hp["log_every"] == 0 or state.step == steps:
-            for expert in experts:
-                expert.eval()
-            with torch.no_grad():
-                stats["loss/val"] = loss_on(val, torch.Generator().manual_seed(1234), 2 * batch_size).item()
-            for expert in experts:
-                expert.train()
-            for key in ("loss/train", "loss/val"):
-                writer.add_scalar(key, stats[key], state.step)
-            writer.add_scalar("lr", scheduler.get_last_lr()[0], state.step)
-            bar.set_postfix(loss=f"{stats['loss/train']:.3f}", val=f"{stats['loss/val']:.3f}")
-        if state.step % hp["checkpoint_every"] == 0 or state.step == steps:
-            save_checkpoint(out, state, {"lora": trainable}, optimizer, scheduler, config)
-    bar.close()
-    writer.close()
-
-    for expert in experts:
-        expert.eval()
-    sampling, memory = config["sampling"], config["memory"]
-    generator = MirageGenerator(
-        parts.transformer, vae, head, parts.scheduler, transformer_2=parts.transformer_2,
-        boundary_ratio=parts.boundary_ratio, num_inference_steps=sampling["num_inference_steps"],
-        voxel_size=memory["voxel_size"], cache_capacity=memory["capacity"], context_frames=k,
+    stage = flow_matching_stage(
+        "lora", {"lora": trainable}, clips, val, hp, score, latent_intrinsics=latent_k,
+        context_frames=config.model.context_frames, chunk=t, align=t, voxel_size=config.model.memory.voxel_size,
+        shift=shift, val_batch_size=2 * hp.batch_size, param_groups=groups,
+    )
+    stage.base_modules = tuple(experts)
+    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress)  # leaves them in eval mode
+    generator = build_generator(
+        config, transformer=parts.transformer, vae=vae, depth_head=head, scheduler=parts.scheduler,
+        transformer_2=parts.transformer_2, boundary_ratio=parts.boundary_ratio,
     )
     generator.base_model_path = parts.base_model_path
     folder = generator.save_pretrained(out / "lora")  # float32 values, whatever the base's dtype
-    _release_experts(experts, trainable, mixed)
-    stats["wall_time_s"] = state.elapsed()
+    _release_experts(experts, trainable, hooks, mixed)
+    trained, total = _count(experts, trainable, lora.patch_embedding == "extra")
+    stats = {"params/trainable": trained, "params/total": total, "depth_head/val_abs_rel": depth_abs_rel,
+             **fitted.stats, "wall_time_s": fitted.wall_time_s}
     return LoraRun(generator=generator.eval(), folder=folder, stats=stats)
 
 
@@ -511,11 +436,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = load_lora_config(args.config)
     result = train_lora(
-        config, args.base, args.out, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
+        load_lora_config(args.config), args.base, args.out, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
         device=resolve_device(args.device), precision=args.precision, seed=args.seed, resume=args.resume,
     )
-    print("final:", ", ".join(f"{k}={v:.4g}" for k, v in result.stats.items()))
+    print_final(result.stats)
     print(f"lora: {result.folder}  (MirageGenerator.from_pretrained({args.base!r}, lora={str(result.folder)!r}))")
     return 0

@@ -5,7 +5,7 @@ Runs, each in its own sub-folder of ``OUT`` and each resumable:
 1. ``OUT/vae`` -- stage 1, the autoencoder and its depth head (:func:`train_vae`);
 2. ``OUT/generator`` -- stage 2, the transformer over the cache (:func:`train_generator`);
 3. ``OUT/depth`` -- the depth head alone, on encoded and on stage 2's generated latents
-   (:func:`train_depth`; skipped when the config has no ``train_depth`` section);
+   (:func:`train_depth`; skipped when the config has no ``training.depth`` section);
 
 then writes ``OUT/model``: stage 2's model folder with the depth stage's head, the folder that
 ``generator=OUT/model`` (or a copy into ``mirage_gym/weights/default``) loads. Kill it at any
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mirage_gym.training.config import load_config
+from mirage_gym.config import Config, load_config
 from mirage_gym.training.depth_stage import train_depth
 from mirage_gym.training.generator_stage import train_generator
 from mirage_gym.training.loop import resolve_device
@@ -30,7 +30,7 @@ from mirage_gym.training.vae_stage import train_vae
 __all__ = ["train_all"]
 
 
-def train_all(config: dict, out: Path, *, device: torch.device = torch.device("cpu"), progress: bool = True) -> Path:
+def train_all(config: Config, out: Path, *, device: torch.device = torch.device("cpu"), progress: bool = True) -> Path:
     """Train every stage of ``config`` under ``out``; returns the finished model folder ``out/model``."""
     train_vae(config, out / "vae", device=device, progress=progress)
     train_generator(config, out / "generator", out / "vae", device=device, progress=progress)
@@ -40,7 +40,7 @@ def train_all(config: dict, out: Path, *, device: torch.device = torch.device("c
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(stage2, tmp)
-    if "train_depth" in config:
+    if config.training.depth is not None:
         train_depth(config, out / "vae", out / "depth", generator=stage2, device=device, progress=progress)
         shutil.rmtree(tmp / "depth_head")
         shutil.copytree(out / "depth" / "depth_head", tmp / "depth_head")

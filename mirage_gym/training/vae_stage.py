@@ -4,12 +4,12 @@
 
 The depth head reads the encoder's latents, so its loss also shapes the latent space:
 latents carry geometry, which the cache needs (a token must know its depth) and the
-generator benefits from. Keep its weight small (``depth_weight``): at 1.0 it crowded colour
+generator benefits from. Keep its weight small (``training.vae.depth_weight``): at 1.0 it crowded colour
 out of the 8 latent channels (chroma stayed at the grey level through 350 steps; at 0.1 it
 was learnt by step 200). The decoder and the depth head see latents with a little
 Gaussian noise, so they tolerate the small errors of generated latents.
 
-Training uses random crops aligned to latent cells (``crop`` in the config; both networks
+Training uses random crops aligned to latent cells (``training.vae.crop``; both networks
 are convolutional, so a 64x64 crop trains them at a quarter of the cost of a 128x128 frame).
 From ``freeze_encoder_at`` on, the encoder is final (stage 2 can encode its clips) and the
 decoder and depth head keep training on its latents of whole frames.
@@ -23,75 +23,70 @@ roughly unit variance.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderTiny
 from torch import Tensor
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
-from mirage_gym.metrics import psnr, ssim_map
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET, Config, VaeTraining, load_config
+from mirage_gym.metrics import abs_rel, psnr, ssim, ssim_map
 from mirage_gym.model.depth_head import DepthHead
-from mirage_gym.model.vae import VideoVAE
-from mirage_gym.training.config import load_config
-from mirage_gym.training.data import RoomStream
+from mirage_gym.model.vae import VideoVAE, build_autoencoder
+from mirage_gym.training.data import RoomStream, StepRooms
 from mirage_gym.training.loop import (
-    TrainState,
-    add_common_arguments,
-    load_checkpoint,
-    make_optimizer,
-    resolve_device,
-    save_checkpoint,
-    stage_settings,
+    Stage, TrainState, add_common_arguments, fit, print_final, resolve_device, stage_settings, step_rng,
 )
 
-__all__ = ["build_autoencoder", "build_depth_head", "train_vae", "load_stage1", "evaluate_stage1", "chroma_ratio", "colour_l1"]
+__all__ = ["train_vae", "load_stage1", "evaluate_stage1", "chroma_ratio", "colour_l1", "with_latent_noise"]
 
 
-def build_autoencoder(config: dict) -> AutoencoderTiny:
-    return AutoencoderTiny(**config["vae"])
-
-
-def build_depth_head(config: dict, autoencoder: AutoencoderTiny) -> DepthHead:
-    factor = autoencoder.config.upsampling_scaling_factor ** (len(autoencoder.config.decoder_block_out_channels) - 1)
-    return DepthHead(latent_channels=autoencoder.config.latent_channels, spatial_factor=factor, **config["depth_head"])
-
-
-def _random_window(cells: int, crop_cells: int, generator: torch.Generator) -> tuple[int, int, int]:
+def _random_window(cells: int, crop_cells: int, rng: torch.Generator) -> tuple[int, int, int]:
     """A random ``crop_cells``-square window ``(i, j, n)`` of a ``cells``-square latent grid."""
     n = min(crop_cells, cells)
-    i, j = (int(v) for v in torch.randint(0, cells - n + 1, (2,), generator=generator))
+    i, j = (int(v) for v in torch.randint(0, cells - n + 1, (2,), generator=rng))
     return i, j, n
 
 
-def _losses(autoencoder, head, z, rgb, depth_gt, token_depth_gt, window: tuple[int, int, int], hp: dict):
+def with_latent_noise(latents: Tensor, noise: float, rng: torch.Generator, scale: Tensor | float = 1.0) -> Tensor:
+    """``latents`` plus Gaussian noise whose std, per sample, is uniform in ``[0, noise * scale]``.
+
+    The decoder and the depth heads read generated latents at inference, which are not exact
+    encodings: trained on noisy ones, they tolerate the generator's small errors.
+    """
+    sigma = noise * scale * torch.rand(latents.shape[0], 1, 1, 1, generator=rng).to(latents)
+    return latents + sigma * torch.randn(latents.shape, generator=rng).to(latents)
+
+
+def _losses(
+    autoencoder: AutoencoderTiny, head: DepthHead, z: Tensor, rgb: Tensor, depth_gt: Tensor, token_depth_gt: Tensor,
+    window: tuple[int, int, int], hp: VaeTraining, rng: torch.Generator,
+) -> tuple[Tensor, dict[str, float], Tensor, Tensor]:
     """Stage-1 losses on latents ``z`` of the frames ``rgb`` (``[B, 3, H, W]`` in [-1, 1]).
 
     The decoder is scored on the latent ``window`` ``(i, j, n)`` only, the depth head on all of ``z``.
     """
     f = rgb.shape[-1] // z.shape[-1]
-    sigma = hp["latent_noise"] * torch.rand(z.shape[0], 1, 1, 1, device=z.device) * z.detach().std()
-    z_noisy = z + sigma * torch.randn_like(z)
+    z_noisy = with_latent_noise(z, hp.latent_noise, rng, scale=z.detach().std())
     i, j, n = window
     recon = autoencoder.decoder(z_noisy[..., i : i + n, j : j + n])
     x = rgb[..., i * f : (i + n) * f, j * f : (j + n) * f]
     x01, r01 = (x + 1) / 2, (recon + 1) / 2
-    loss_l1 = colour_l1(recon, x, hp.get("chroma_weight", 1.0))
+    loss_l1 = colour_l1(recon, x, hp.chroma_weight)
     loss_ssim = (1 - ssim_map(r01, x01)).mean()
     depth = head(_as_generator_latents(head, z_noisy))
     loss_tok = (depth.token_depth.log() - token_depth_gt.log()).abs().mean()
     loss_pix = (depth.pixel_depth.log() - depth_gt.log()).abs().mean()
-    loss = loss_l1 + hp["ssim_weight"] * loss_ssim + hp["depth_weight"] * (loss_tok + loss_pix)
+    loss = loss_l1 + hp.ssim_weight * loss_ssim + hp.depth_weight * (loss_tok + loss_pix)
     stats = {
-        "loss/total": loss.item(), "loss/l1": loss_l1.item(), "loss/ssim": loss_ssim.item(),
-        "loss/depth_token": loss_tok.item(), "loss/depth_pixel": loss_pix.item(),
-        "metrics/psnr": psnr(r01.detach(), x01).mean().item(),
-        "metrics/abs_rel_token": ((depth.token_depth - token_depth_gt).abs() / token_depth_gt).mean().item(),
-        "metrics/latent_std": z.detach().std().item(),
-        "metrics/chroma_ratio": chroma_ratio(recon.detach(), x).item(),
+        "loss": loss.item(), "l1": loss_l1.item(), "ssim_loss": loss_ssim.item(),
+        "depth_token": loss_tok.item(), "depth_pixel": loss_pix.item(),
+        "psnr": psnr(r01.detach(), x01).mean().item(),
+        "abs_rel_token": ((depth.token_depth - token_depth_gt).abs() / token_depth_gt).mean().item(),
+        "latent_std": z.detach().std().item(),
+        "chroma_ratio": chroma_ratio(recon.detach(), x).item(),
     }
     return loss, stats, x, recon
 
@@ -132,9 +127,11 @@ def _as_generator_latents(head: DepthHead, z: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _measure_latents(autoencoder: AutoencoderTiny, stream: RoomStream, device: torch.device, batches: int = 8) -> dict:
-    """Mean and inverse std of the encoder's latents: the normalisation the generator works in."""
-    z = torch.cat([autoencoder.encoder(stream.frames(16).rgb[:, 0].to(device)) for _ in range(batches)])
+def _measure_latents(autoencoder: AutoencoderTiny, rooms: StepRooms, step: int, seed: int, batches: int = 8) -> dict:
+    """Mean and inverse std of the encoder's latents on frames of ``step``: the normalisation the generator works in."""
+    device = next(autoencoder.parameters()).device
+    rng = step_rng(seed, step)
+    z = torch.cat([autoencoder.encoder(rooms.frames(step, 16, rng).rgb[:, 0].to(device)) for _ in range(batches)])
     return {"shift": float(z.mean()), "scale": float(1.0 / z.std())}
 
 
@@ -148,7 +145,7 @@ def _export(autoencoder: AutoencoderTiny, head: DepthHead, calibration: dict, ou
 
 
 def train_vae(
-    config: dict,
+    config: Config,
     out: Path,
     *,
     steps: int | None = None,
@@ -158,7 +155,7 @@ def train_vae(
     resume: bool = True,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train stage 1 into ``out``; returns the last logged statistics.
+    """Train stage 1 into ``out``; returns the last logged statistics and the held-out evaluation.
 
     With ``freeze_encoder_at`` in the stage's settings, the encoder is final from that step
     on: its latent statistics are measured once (kept in the checkpoint), ``vae/`` and
@@ -166,75 +163,62 @@ def train_vae(
     longer change -- and the decoder and depth head go on training on the fixed latents,
     the depth head on whole frames (monocular depth needs the whole view, not a crop).
     """
-    hp, steps, batch_size, seed = stage_settings(config, "train_vae", steps, batch_size, seed)
-    autoencoder = build_autoencoder(config).to(device)
-    head = build_depth_head(config, autoencoder).to(device)
-    modules = {"autoencoder": autoencoder, "depth_head": head}
-    params = list(autoencoder.parameters()) + list(head.parameters())
-    optimizer, scheduler = make_optimizer(params, hp["lr"], hp["warmup"], steps)
+    hp: VaeTraining = stage_settings(config, "vae", steps, batch_size, seed)
+    model = config.model
+    autoencoder = build_autoencoder(**dataclasses.asdict(model.vae)).to(device)
+    factor = VideoVAE(autoencoder).spatial_factor
+    # Stage 1's own head: the model's, with its own context levels (local depth shapes the latents).
+    head_args = dataclasses.asdict(model.depth_head) | {"context_levels": hp.depth_head_context_levels}
+    head = DepthHead(latent_channels=model.vae.latent_channels, spatial_factor=factor, **head_args).to(device)
+    rooms = StepRooms(config, factor, hp.seed, hp.batch_size)
+    crop_cells = (hp.crop or model.resolution) // factor
     state = TrainState()
-    if resume and load_checkpoint(out, state, modules, optimizer, scheduler):
-        print(f"resumed {out} at step {state.step}")
-    stream = RoomStream.for_training(config, head.config.spatial_factor, seed * 1_000_003 + state.step)
-    factor = head.config.spatial_factor
-    crop_cells = hp.get("crop", config["resolution"]) // factor
-    crop_rng = torch.Generator().manual_seed(seed * 7919 + state.step)
-    freeze_at = hp.get("freeze_encoder_at")
-    writer = SummaryWriter(str(out / "tb"))
-    stats: dict[str, float] = {}
-    bar = tqdm(total=steps, initial=state.step, desc="train vae", disable=not progress, dynamic_ncols=True)
-    autoencoder.train(), head.train()
-    frozen = False
-    while state.step < steps:
-        if not frozen and freeze_at is not None and state.step >= freeze_at:
-            autoencoder.encoder.requires_grad_(False)
-            if "calibration" not in state.extra:
-                state.extra["calibration"] = _measure_latents(autoencoder, stream, device)
-            _export(autoencoder, head, state.extra["calibration"], out)
-            frozen = True
-        batch = stream.frames(batch_size).to(device)
-        rgb, depth_gt, token_depth_gt = batch.rgb[:, 0], batch.depth[:, 0], batch.token_depth[:, 0]
-        cells = token_depth_gt.shape[-1]
-        if frozen:  # fixed latents of whole frames; the decoder is scored on a window of them
+    shown: dict[str, Tensor] = {}  # the last step's frames and reconstructions, for tensorboard
+
+    def frozen() -> bool:
+        return not next(autoencoder.encoder.parameters()).requires_grad
+
+    def freeze_encoder(step: int) -> None:
+        if hp.freeze_encoder_at is None or step < hp.freeze_encoder_at or frozen():
+            return
+        autoencoder.encoder.requires_grad_(False)
+        if "calibration" not in state.extra:
+            state.extra["calibration"] = _measure_latents(autoencoder, rooms, step, hp.seed)
+        _export(autoencoder, head, state.extra["calibration"], out)
+
+    def batch(step: int, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        frames = rooms.frames(step, hp.batch_size, rng).to(device)
+        return frames.rgb[:, 0], frames.depth[:, 0], frames.token_depth[:, 0]
+
+    def loss(batch: tuple[Tensor, Tensor, Tensor], rng: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        rgb, depth_gt, token_depth_gt = batch
+        i, j, n = _random_window(token_depth_gt.shape[-1], crop_cells, rng)
+        if frozen():  # fixed latents of whole frames; the decoder is scored on a window of them
             with torch.no_grad():
                 z = autoencoder.encoder(rgb)
-            window = _random_window(cells, crop_cells, crop_rng)
+            window = (i, j, n)
         else:  # encoder and decoder train on the same crop of every frame
-            i, j, n = _random_window(cells, crop_cells, crop_rng)
             f = factor
             rgb = rgb[..., i * f : (i + n) * f, j * f : (j + n) * f]
             depth_gt = depth_gt[..., i * f : (i + n) * f, j * f : (j + n) * f]
             token_depth_gt = token_depth_gt[..., i : i + n, j : j + n]
             z = autoencoder.encoder(rgb)
             window = (0, 0, n)
-        loss, stats, x, recon = _losses(autoencoder, head, z, rgb, depth_gt, token_depth_gt, window, hp)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        bar.update(1)
-        if state.step % hp["log_every"] == 0 or state.step == steps:
-            for key, value in stats.items():
-                writer.add_scalar(key, value, state.step)
-            writer.add_scalar("lr", scheduler.get_last_lr()[0], state.step)
-            bar.set_postfix(loss=f"{stats['loss/total']:.3f}", psnr=f"{stats['metrics/psnr']:.1f}")
-        if state.step % (hp["log_every"] * 10) == 0:
-            grid = torch.cat([x[:4], recon[:4].detach()], dim=-1).clamp(-1, 1) * 0.5 + 0.5
-            writer.add_images("input|reconstruction", grid, state.step)
-        if state.step % hp["checkpoint_every"] == 0 or state.step == steps:
-            save_checkpoint(out, state, modules, optimizer, scheduler, config)
-    bar.close()
-    autoencoder.eval(), head.eval()
-    calibration = state.extra.get("calibration") or _measure_latents(autoencoder, stream, device)
+        value, stats, shown["x"], recon = _losses(autoencoder, head, z, rgb, depth_gt, token_depth_gt, window, hp, rng)
+        shown["recon"] = recon.detach()
+        return value, stats
+
+    def images() -> dict[str, Tensor]:
+        return {"input|reconstruction": torch.cat([shown["x"][:4], shown["recon"][:4]], dim=-1).clamp(-1, 1) * 0.5 + 0.5}
+
+    stage = Stage("vae", {"autoencoder": autoencoder, "depth_head": head}, batch, loss,
+                  before_step=freeze_encoder, images=images)
+    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress, state=state)
+    calibration = state.extra.get("calibration") or _measure_latents(autoencoder, rooms, fitted.step, hp.seed)
     _export(autoencoder, head, calibration, out)
-    writer.close()
-    stats["wall_time_s"] = state.elapsed()
     held_out = evaluate_stage1(config, out)
-    (out / "stage1_eval.json").write_text(json.dumps({**held_out, "steps": state.step, "wall_time_s": stats["wall_time_s"]}, indent=2))
-    stats.update({f"held_out/{k}": v for k, v in held_out.items()})
-    return stats
+    (out / "stage1_eval.json").write_text(json.dumps({**held_out, "steps": fitted.step, "wall_time_s": fitted.wall_time_s}, indent=2))
+    return {**fitted.stats, "wall_time_s": fitted.wall_time_s, **{f"held_out/{k}": v for k, v in held_out.items()}}
 
 
 def load_stage1(folder: Path, device: torch.device) -> tuple[VideoVAE, DepthHead]:
@@ -252,14 +236,12 @@ def evaluate_stage1(config: dict, folder: Path, *, frames: int = 64, seed: int =
     """Reconstruction and depth quality of an exported stage 1 on held-out rooms, full frames.
 
     Returns PSNR/SSIM of decode(encode(x)) against x, how much colour survives
-    (:func:`chroma_ratio`), and abs-rel of the token and pixel depth against ground truth, averaged over ``frames`` frames of rooms never used in training.
+    (:func:`chroma_ratio`), and abs-rel of the token and pixel depth against ground truth,
+    averaged over ``frames`` frames of rooms never used in training.
     """
-    from mirage_gym.metrics import abs_rel, ssim
-    from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
-
     vae, head = load_stage1(folder, torch.device("cpu"))
     stream = RoomStream(
-        resolution=config["resolution"], fov_deg=config["fov_deg"], latent_factor=vae.spatial_factor,
+        resolution=config.model.resolution, fov_deg=config.model.fov_deg, latent_factor=vae.spatial_factor,
         room_seeds=(EVAL_ROOM_SEED_OFFSET, EVAL_ROOM_SEED_OFFSET + 1000), pool_size=8, seed=seed,
     )
     batch = stream.frames(frames)
@@ -284,11 +266,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = load_config(args.config)
     stats = train_vae(
-        config, Path(args.out), steps=args.steps, batch_size=args.batch_size, device=resolve_device(args.device),
-        seed=args.seed, resume=args.resume,
+        load_config(args.config), Path(args.out), steps=args.steps, batch_size=args.batch_size,
+        device=resolve_device(args.device), seed=args.seed, resume=args.resume,
     )
-    print("final:", ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    print_final(stats)
     print(f"weights: {Path(args.out) / 'vae'} and {Path(args.out) / 'depth_head'}")
     return 0

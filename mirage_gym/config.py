@@ -1,0 +1,461 @@
+"""Typed model and training configs, the room-seed splits, and ``build_generator``.
+
+A config is one JSON file (shipped in ``mirage_gym/configs``, by name, or any path) with one
+schema for every model, the CPU default and a Wan2.2 LoRA alike::
+
+    {"name": ..., "description": ...,
+     "model":    {resolution, fov_deg, chunk_frames, context_frames, vae, depth_head, transformer, lora,
+                  sampling, memory},          # the architecture: what a trained folder is
+     "training": {data, vae, depth, generator, lora_depth, lora}}   # how each stage trains it
+
+``model`` is what :func:`build_generator` builds; ``training`` holds one section per stage
+(absent: the config does not train that stage). Every field is documented on its dataclass
+below. An unknown or missing key is a ``ValueError`` naming the file and the key; a file in
+the old flat schema (``chunk``, ``train_vae``, ... at the top level) is read with a warning
+that lists what to rename.
+
+Seed splits: procedural houses with seeds below :data:`EVAL_ROOM_SEED_OFFSET` are for
+training, :data:`VALIDATION_ROOM_SEEDS` for the training runs' validation, and the rest from
+:data:`EVAL_ROOM_SEED_OFFSET` on for held-out evaluation.
+
+This module sits above ``model`` (it builds one) and below ``training``, ``eval``, ``bench``
+and the agents, which all read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from mirage_gym.model import DepthHead, MirageGenerator, VideoVAE
+from mirage_gym.model.transformer import build_transformer
+from mirage_gym.model.vae import build_autoencoder
+
+__all__ = [
+    "CONFIG_DIR",
+    "EVAL_ROOM_SEED_OFFSET",
+    "VALIDATION_ROOM_SEEDS",
+    "VaeConfig",
+    "DepthHeadConfig",
+    "TransformerConfig",
+    "LoraConfig",
+    "SamplingConfig",
+    "MemoryConfig",
+    "ModelConfig",
+    "DataConfig",
+    "StageTraining",
+    "VaeTraining",
+    "DepthTraining",
+    "FlowMatchingTraining",
+    "GeneratorTraining",
+    "LoraDepthTraining",
+    "LoraTraining",
+    "TrainingConfig",
+    "Config",
+    "load_config",
+    "config_from_dict",
+    "build_generator",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# Room seeds at or above this offset are never used in training (held out for evaluation).
+EVAL_ROOM_SEED_OFFSET = 1_000_000
+# Held out from training and apart from the evaluation rooms: the training runs' validation clips.
+VALIDATION_ROOM_SEEDS = (EVAL_ROOM_SEED_OFFSET + 500_000, EVAL_ROOM_SEED_OFFSET + 600_000)
+
+
+# ---------------------------------------------------------------------- the architecture
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """A per-frame ``AutoencoderTiny`` (the CPU models; a Wan2.2 base brings its own VAE)."""
+
+    latent_channels: int  # channels of a latent token
+    encoder_block_out_channels: tuple[int, ...]  # encoder width per level; len - 1 halvings of the frame
+    decoder_block_out_channels: tuple[int, ...]  # decoder width per level (its cost dominates a step)
+
+
+@dataclass(frozen=True)
+class DepthHeadConfig:
+    """The depth head the model ships (:class:`~mirage_gym.model.DepthHead`)."""
+
+    hidden_channels: int  # width of the trunk at latent resolution
+    num_blocks: int  # residual blocks in the trunk
+    min_depth: float  # metres: the head's output range is [min_depth, max_depth]
+    max_depth: float
+    context_levels: int = 0  # stride-2 levels of the U-Net context path (0: none)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The widened Wan transformer of the CPU models (:func:`~mirage_gym.model.transformer.build_transformer`)."""
+
+    patch_size: tuple[int, int, int]  # (t, h, w) latent cells per token
+    num_attention_heads: int
+    attention_head_dim: int  # width = heads x head dim
+    text_dim: int  # width of the (empty) prompt embedding
+    freq_dim: int  # width of the timestep embedding
+    ffn_dim: int  # hidden width of each block's feed-forward layer
+    num_layers: int
+    rope_max_seq_len: int  # longest token axis the rotary embedding covers
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """The peft LoRA put on a Wan2.2 base's transformer(s)."""
+
+    rank: int
+    alpha: int | None = None  # LoRA scale numerator (None: the rank)
+    ffn: bool = False  # also on the feed-forward layers, not only attention
+    dropout: float = 0.0
+    patch_embedding: str = "extra"  # "extra": train only the new conditioning channels; "all": the whole layer
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the generator denoises a chunk."""
+
+    num_inference_steps: int
+    shift: float | None = None  # flow-matching schedule shift (None: the base scheduler's)
+    cache_guidance: float = 0.0  # 0-1: how hard cached cells are held to the cache while denoising
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The latent cache."""
+
+    voxel_size: float  # metres per voxel of the hashed store
+    capacity: int  # voxels kept per scene
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture: everything :func:`build_generator` needs, nothing about training."""
+
+    resolution: int  # frames are resolution x resolution pixels
+    fov_deg: float  # horizontal field of view of the camera
+    chunk_frames: int  # pixel frames generated per chunk (per env step); 1 + 4k for a Wan VAE
+    context_frames: int  # clean latent frames before each chunk
+    depth_head: DepthHeadConfig
+    sampling: SamplingConfig
+    memory: MemoryConfig
+    vae: VaeConfig | None = None  # None: the Wan2.2 base's VAE
+    transformer: TransformerConfig | None = None  # None: the Wan2.2 base's transformer(s)
+    lora: LoraConfig | None = None  # set for a LoRA on a Wan2.2 base
+
+
+# ---------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The procedural houses training draws from."""
+
+    train_room_seeds: tuple[int, int] = (0, 100_000)  # [low, high) house seeds; high <= EVAL_ROOM_SEED_OFFSET
+    rooms_in_pool: int = 32  # houses live at once in a frame stream (stage 1, depth stage)
+    rooms_per_shard: int = 8  # houses behind one shard of encoded clips
+    moving_objects_prob: float = 0.3  # chance that a house gets moving objects
+
+
+@dataclass(frozen=True)
+class StageTraining:
+    """What every stage's loop (:func:`~mirage_gym.training.loop.fit`) needs."""
+
+    steps: int  # optimisation steps of the whole run
+    batch_size: int
+    lr: float  # peak learning rate (AdamW), after a linear warm-up, then cosine decay
+    warmup: int  # warm-up steps
+    log_every: int  # steps between tensorboard/tqdm updates and validations
+    checkpoint_every: int  # steps between checkpoints (and one at the end)
+    seed: int = 0  # every random draw of step s comes from (seed, s)
+
+
+@dataclass(frozen=True)
+class VaeTraining(StageTraining):
+    """Stage 1: the autoencoder and an auxiliary depth head on ground-truth renders."""
+
+    crop: int | None = None  # pixels of the random square crop trained on (None: whole frames)
+    freeze_encoder_at: int | None = None  # from this step on the encoder is final (stage 2 can encode)
+    latent_noise: float = 0.1  # relative std of the noise on the latents the decoder and head see
+    depth_weight: float = 0.1  # weight of the depth loss (small: depth must not crowd colour out)
+    ssim_weight: float = 0.5
+    chroma_weight: float = 1.0  # weight of the chroma terms of the colour L1
+    depth_head_context_levels: int = 0  # stage 1's own head: model.depth_head with these context levels
+
+
+@dataclass(frozen=True)
+class DepthTraining(StageTraining):
+    """The depth stage: ``model.depth_head`` alone on the frozen stage-1 latents (and generated ones)."""
+
+    frames: int = 8192  # encoded training frames, rendered once
+    generated_frames: int = 2048  # frames generated by a stage-2 model (with --generator)
+    latent_noise: float = 0.1
+
+
+@dataclass(frozen=True)
+class FlowMatchingTraining(StageTraining):
+    """What stage 2 and a LoRA share: encoded clips, and chunks over a cache built from their history."""
+
+    num_clips: int = 768  # training clips, encoded once
+    val_clips: int = 64  # validation clips (houses in VALIDATION_ROOM_SEEDS)
+    cache_dropout: float = 0.2  # share of examples with an empty cache
+    history_keep: tuple[float, float] = (0.3, 1.0)  # range of the share of history frames written to the cache
+    context_noise: float = 0.05  # std of the noise on the context latents
+
+
+@dataclass(frozen=True)
+class GeneratorTraining(FlowMatchingTraining):
+    """Stage 2: the transformer, flow matching over the cache."""
+
+    clip_frames: int = 16  # frames per encoded training clip
+
+
+@dataclass(frozen=True)
+class LoraDepthTraining(StageTraining):
+    """A LoRA run's first phase: ``model.depth_head`` on the Wan latents of the clips."""
+
+    latent_noise: float = 0.1
+
+
+@dataclass(frozen=True)
+class LoraTraining(FlowMatchingTraining):
+    """A LoRA run's second phase: the LoRA and the widened input channels, flow matching over the cache."""
+
+    chunks_per_clip: int = 4  # chunks of model.chunk_frames per clip (>= 2: the first gives context)
+    clips_per_shard: int = 8
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One section per stage; a stage a config does not train is absent (None)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VaeTraining | None = None
+    depth: DepthTraining | None = None
+    generator: GeneratorTraining | None = None
+    lora_depth: LoraDepthTraining | None = None
+    lora: LoraTraining | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole config file."""
+
+    name: str
+    model: ModelConfig
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (what checkpoints and run folders store)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def stage(self, name: str) -> Any:
+        """The training section of stage ``name``; a ``ValueError`` when the config does not train it."""
+        section = getattr(self.training, name)
+        if section is None:
+            raise ValueError(f"config {self.name!r} has no 'training.{name}' section: it does not train this stage")
+        return section
+
+
+# ---------------------------------------------------------------------- loading
+
+T = TypeVar("T")
+
+# The old flat schema: top-level key -> where it lives now.
+_OLD_KEYS = {
+    "resolution": "model.resolution", "fov_deg": "model.fov_deg", "chunk": "model.chunk_frames",
+    "chunk_frames": "model.chunk_frames", "context_frames": "model.context_frames", "vae": "model.vae",
+    "depth_head": "model.depth_head", "transformer": "model.transformer", "lora": "model.lora",
+    "sampling": "model.sampling", "memory": "model.memory", "data": "training.data", "train_vae": "training.vae",
+    "train_depth": "training.depth", "train_generator": "training.generator", "train_lora": "training.lora",
+    "clips": "training.lora", "train_depth.head": "model.depth_head",
+}
+
+
+def _migrate(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """An old flat-schema config in the new schema, with a warning that says what was renamed."""
+    new: dict[str, Any] = {k: raw[k] for k in ("name", "description") if k in raw}
+    model: dict[str, Any] = new.setdefault("model", {})
+    training: dict[str, Any] = new.setdefault("training", {})
+    moved = []
+    for key, value in raw.items():
+        if key in ("name", "description"):
+            continue
+        if key not in _OLD_KEYS:
+            raise ValueError(f"config file {path}: unknown key {key!r} (old schema)")
+        moved.append(f"{key} -> {_OLD_KEYS[key]}")
+        section, name = _OLD_KEYS[key].split(".")
+        target = model if section == "model" else training
+        if key == "depth_head" and "steps" in value:  # the LoRA config mixed head and head training
+            arch = ("hidden_channels", "num_blocks", "min_depth", "max_depth", "context_levels")
+            model["depth_head"] = {**model.get("depth_head", {}), **{k: v for k, v in value.items() if k in arch}}
+            training["lora_depth"] = {k: v for k, v in value.items() if k not in arch}
+            moved[-1] = "depth_head -> model.depth_head (architecture) and training.lora_depth (its training)"
+        elif key == "train_depth" and "head" in value:  # the shipped head's architecture was a depth-stage override
+            training["depth"] = {k: v for k, v in value.items() if k != "head"}
+            model["depth_head"] = {**model.get("depth_head", {}), **value["head"]}
+            moved[-1] = "train_depth -> training.depth; train_depth.head -> model.depth_head"
+        elif key == "clips":
+            training["lora"] = {**training.get("lora", {}), **value}
+        else:
+            target[name] = {**target.get(name, {}), **value} if isinstance(value, dict) and name in target else value
+    warnings.warn(
+        f"config file {path} uses the old flat schema; rename: {'; '.join(moved)}", FutureWarning, stacklevel=3
+    )
+    return new
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
+    optional, tp = _is_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{source}: {where} must not be null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: {where} must be an object, got {value!r}")
+        return _build(tp, value, where, source)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            raise ValueError(f"{source}: {where} must be a list of {len(args)} values, got {value!r}")
+        items = args[:1] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_convert(t, v, f"{where}[{i}]", source) for i, (t, v) in enumerate(zip(items, value)))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(f"{source}: {where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str, source: str) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown key {prefix}{unknown[0]} (known: {sorted(fields)})")
+    missing = [n for n, f in fields.items()
+               if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{source}: missing key {prefix}{missing[0]}")
+    return cls(**{n: _convert(hints[n], v, f"{prefix}{n}", source) for n, v in data.items()})
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """A :class:`Config` from JSON data (new schema, or the old flat one with a warning), checked."""
+    if "model" not in data:
+        data = _migrate(data, Path(source))
+    config = _build(Config, data, "", source)
+    _check(config, source)
+    return config
+
+
+def _check(config: Config, source: str) -> None:
+    model, training = config.model, config.training
+
+    def positive(value: int, name: str) -> None:
+        if value < 1:
+            raise ValueError(f"{source}: {name} must be a positive integer, got {value!r}")
+
+    for key in ("resolution", "chunk_frames", "context_frames"):
+        positive(getattr(model, key), f"model.{key}")
+    if model.vae is not None and model.resolution % 8:
+        raise ValueError(f"{source}: model.resolution must be a multiple of 8, got {model.resolution}")
+    lo, hi = training.data.train_room_seeds
+    if not 0 <= lo < hi <= EVAL_ROOM_SEED_OFFSET:
+        raise ValueError(f"{source}: training.data.train_room_seeds must lie in [0, {EVAL_ROOM_SEED_OFFSET}) "
+                         f"(held out above), got {[lo, hi]}")
+    if model.lora is not None:
+        positive(model.lora.rank, "model.lora.rank")
+        if model.lora.patch_embedding not in ("extra", "all"):
+            raise ValueError(f"{source}: model.lora.patch_embedding must be 'extra' or 'all', "
+                             f"got {model.lora.patch_embedding!r}")
+    if training.lora is not None:
+        for key in ("num_clips", "val_clips", "chunks_per_clip", "clips_per_shard"):
+            positive(getattr(training.lora, key), f"training.lora.{key}")
+        if training.lora.chunks_per_clip < 2:
+            raise ValueError(f"{source}: training.lora.chunks_per_clip must be >= 2 (a chunk needs one before it "
+                             "as context)")
+
+
+def load_config(name_or_path: str | Path, *, shipped: str = "*.json") -> Config:
+    """A config by shipped name (``"default"``) or JSON path; a missing file lists the shipped configs matching ``shipped``."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob(shipped))
+        raise ValueError(f"config {str(name_or_path)!r} not found (no file {path}); shipped configs: {names}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"config file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a JSON object")
+    return config_from_dict(data, f"config file {path}")
+
+
+# ---------------------------------------------------------------------- building
+
+
+def build_generator(
+    model: ModelConfig | Config,
+    *,
+    transformer: Any = None,
+    vae: VideoVAE | None = None,
+    depth_head: DepthHead | None = None,
+    scheduler: Any = None,
+    transformer_2: Any = None,
+    boundary_ratio: float | None = None,
+) -> MirageGenerator:
+    """The :class:`~mirage_gym.model.MirageGenerator` of a model config, with every sampling and memory setting.
+
+    Parts given (trained ones, or a Wan2.2 base's from ``load_components``) are used as they
+    are; parts not given are built from the config with fresh (random) weights, in the order
+    VAE, transformer, depth head. Returned in train mode, on the CPU unless the parts are elsewhere.
+    """
+    model = model.model if isinstance(model, Config) else model
+    if vae is None:
+        if model.vae is None:
+            raise ValueError("the model config has no 'vae' section: pass the base's VAE")
+        vae = VideoVAE(build_autoencoder(**dataclasses.asdict(model.vae)))
+    if transformer is None:
+        if model.transformer is None:
+            raise ValueError("the model config has no 'transformer' section: pass the base's transformer")
+        transformer = build_transformer(vae.latent_channels, **dataclasses.asdict(model.transformer))
+    if depth_head is None:
+        depth_head = DepthHead(latent_channels=vae.latent_channels, spatial_factor=vae.spatial_factor,
+                               **dataclasses.asdict(model.depth_head))
+    sampling = model.sampling
+    shift = sampling.shift  # applied to a given scheduler; a new one is built with it
+    if scheduler is None:
+        if shift is None:
+            raise ValueError("the model config's sampling has no shift: pass the base's scheduler")
+        scheduler, shift = FlowMatchEulerDiscreteScheduler(shift=shift), None
+    return MirageGenerator(
+        transformer, vae, depth_head, scheduler, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
+        num_inference_steps=sampling.num_inference_steps, shift=shift,
+        voxel_size=model.memory.voxel_size, cache_capacity=model.memory.capacity,
+        context_frames=model.context_frames, cache_guidance=sampling.cache_guidance,
+    )

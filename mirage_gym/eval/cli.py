@@ -20,7 +20,8 @@ from mirage_gym.training.config import load_config
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", default="default",
                         help="'default' (shipped weights), 'oracle' (ground truth) or a model folder")
-    parser.add_argument("--out", required=True, help="results folder (JSON, plots, provenance)")
+    # Not required=True: argparse would then demand it of `mirage-gym eval rl ...` too; run() checks it.
+    parser.add_argument("--out", default=None, help="results folder (JSON, plots, provenance; required)")
     parser.add_argument("--quick", action="store_true", help="one room per kind, short paths (a minute or two)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="memory modes to compare")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="trajectory kinds")
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mirage_gym.envs import load_generator
 
+    if args.out is None:
+        raise ValueError("--out is required (the results folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_config(args.config)

@@ -330,6 +330,21 @@ class GoalSeeker(_Scripted):
         return self.command(1.0, float(np.clip(bearing / math.radians(15), -1, 1)))
 
 
+def _same_space(env_space: spaces.Dict, model_space: spaces.Space) -> bool:
+    """Equal spaces, where SB3 may hold an image channel-first (``VecTransposeImage``) that the env gives channel-last."""
+    if not isinstance(model_space, spaces.Dict) or set(env_space.spaces) != set(model_space.spaces):
+        return False
+    for key, space in env_space.spaces.items():
+        other = model_space[key]
+        if space == other:
+            continue
+        if (isinstance(space, spaces.Box) and isinstance(other, spaces.Box) and space.dtype == other.dtype
+                and len(space.shape) == 3 and other.shape == (space.shape[2], space.shape[0], space.shape[1])):
+            continue
+        return False
+    return True
+
+
 SCRIPTED: dict[str, type[Policy]] = {
     cls.name: cls for cls in (RandomPolicy, TurnInPlace, BumpAndTurn, WallFollower, FrontierExplorer, GoalSeeker)
 }
@@ -373,7 +388,7 @@ class PPOPolicy(Policy):
             transform = ImageObservation(observation_space, **kwargs)
         except ValueError as err:
             raise ValueError(f"policy {self.name!r} ({self.path}): {err}") from err
-        if transform.observation_space != self.model.observation_space:
+        if not _same_space(transform.observation_space, self.model.observation_space):
             raise ValueError(
                 f"policy {self.name!r} ({self.path}) was trained for another observation space: it expects "
                 f"{self.model.observation_space}, the env ({env_id}, wrapper {kwargs}) gives "

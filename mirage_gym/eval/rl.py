@@ -240,8 +240,6 @@ def _check_run(out: Path, config: RLEvalConfig, policies: Sequence[Policy], done
         if policy.name in known and known[policy.name] != pid:
             raise ValueError(f"{out} holds episodes of another policy named {policy.name!r} ({known[policy.name]}); "
                              f"this one is {pid}. Use another --out or another name.")
-    if not run.exists():
-        run.write_text(json.dumps(fingerprint, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- running
@@ -287,16 +285,23 @@ def evaluate_policies(policies: Sequence[Policy], config: RLEvalConfig, out: str
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     log = out / LOG
     done = _read_log(log)
     _check_run(out, config, policies, done)
 
     # Everything is checked before the first episode: both envs are built, every policy meets their spaces.
     envs = {side: _make_env(config, side) for side in config.sides}
-    for side, env in envs.items():
-        for policy in policies:
-            policy.check(env.observation_space, env.action_space, config.env_id)
+    try:
+        for side, env in envs.items():
+            for policy in policies:
+                policy.check(env.observation_space, env.action_space, config.env_id)
+    except Exception:
+        for env in envs.values():
+            env.close()
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / RUN).exists():
+        (out / RUN).write_text(json.dumps(config.fingerprint(), indent=2) + "\n")
 
     finished = {(r["policy"], r["side"], r["episode"]) for r in done}
     kill_after = int(os.environ.get(_KILL_AFTER, "0") or 0)

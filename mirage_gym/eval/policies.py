@@ -69,6 +69,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _world_points(obs: dict[str, np.ndarray], max_depth: float, grid: int = 32) -> np.ndarray:
+    """World points ``[N, 3]`` of the last frame's depth (subsampled to about ``grid`` x ``grid``)."""
+    pose = np.asarray(obs["cam_to_world"], np.float64)[-1]
+    depth = np.asarray(obs["depth"], np.float64)[-1, ..., 0]
+    k = np.asarray(obs["intrinsics"], np.float64)
+    h, w = depth.shape
+    step = max(1, h // grid)
+    v, u = np.mgrid[0:h:step, 0:w:step]
+    z = depth[::step, ::step]
+    keep = (z > 0.05) & (z < max_depth)
+    cam = np.stack([(u + 0.5 - k[0, 2]) / k[0, 0] * z, (v + 0.5 - k[1, 2]) / k[1, 1] * z, z], -1)[keep]
+    return cam @ pose[:3, :3].T + pose[:3, 3]
+
+
 class Policy(ABC):
     """A policy of the zoo. ``check`` raises ``ValueError`` when it cannot act in an env."""
 
@@ -117,7 +131,9 @@ class RandomPolicy(Policy):
 class _Scripted(Policy):
     """Shared by the scripted policies: the action space, and depth read-outs of the last frame."""
 
-    blocked_distance = 0.6  # metres of depth in front under which a scripted policy stops going straight
+    blocked_distance = 0.6  # metres ahead within which an obstacle stops a scripted policy going straight
+    corridor = 0.3  # metres either side of the heading: the body (camera radius 0.2) and a margin
+    step_length = 0.25  # metres of a full forward action (the envs' max_translation default)
 
     def __init__(self) -> None:
         self._space: spaces.Space | None = None
@@ -135,16 +151,43 @@ class _Scripted(Policy):
 
     def reset(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
+        self._last_position: np.ndarray | None = None
+        self._last_forward = 0.0
 
     def command(self, forward: float, yaw: float) -> np.ndarray | int:
         """Forward (-1..1) and yaw (-1..1, left positive) as an action of the env's space."""
         if self._space is None:
             raise RuntimeError("call check() with the env's spaces before act()")
+        self._last_forward = float(forward)
         if isinstance(self._space, spaces.Discrete):
             if abs(yaw) >= 0.5:
                 return _LEFT if yaw > 0 else _RIGHT
             return _FORWARD if forward >= 0.5 else _STAY
         return np.array([np.clip(forward, -1, 1), 0.0, np.clip(yaw, -1, 1), 0.0], np.float32)
+
+    def blocked(self, obs: dict[str, np.ndarray]) -> bool:
+        """Something stands in the body's corridor within ``blocked_distance``, or the last forward move stalled.
+
+        The depth of the last frame is lifted to world points (pinhole ``intrinsics``, ``cam_to_world``,
+        world z up); points 0.1-2 m above the floor, less than ``corridor`` metres to either side of the
+        heading and ahead by less than ``blocked_distance``, block the way. Low furniture right in front
+        of the body is below a 90-degree view, so a forward move that went under half as far as asked
+        (read from the poses: the body was stopped) also counts.
+        """
+        pose = np.asarray(obs["cam_to_world"], np.float64)[-1]
+        position = pose[:2, 3].copy()
+        stalled = (self._last_position is not None and self._last_forward > 0.2
+                   and np.linalg.norm(position - self._last_position) < 0.5 * self.step_length * self._last_forward)
+        self._last_position = position
+        world = _world_points(obs, max_depth=self.blocked_distance + 1.0)
+        if len(world) == 0:
+            return bool(stalled)
+        heading = pose[:2, 2] / max(np.linalg.norm(pose[:2, 2]), 1e-9)
+        offset = world[:, :2] - position
+        ahead = offset @ heading
+        side = np.abs(offset @ np.array([-heading[1], heading[0]]))
+        solid = (world[:, 2] > 0.1) & (world[:, 2] < 2.0) & (side < self.corridor) & (ahead > 0)
+        return bool(stalled or (solid & (ahead < self.blocked_distance)).any())
 
     @staticmethod
     def depth_bands(obs: dict[str, np.ndarray]) -> tuple[float, float, float]:
@@ -182,7 +225,7 @@ class BumpAndTurn(_Scripted):
         if self._turning > 0:
             self._turning -= 1
             return self.command(0.0, self._direction)
-        if centre < self.blocked_distance:
+        if self.blocked(obs):
             self._direction = 1.0 if left >= right else -1.0
             self._turning = int(self._rng.integers(2, 8))
             return self.command(0.0, self._direction)
@@ -197,7 +240,7 @@ class WallFollower(_Scripted):
 
     def act(self, obs):
         left, centre, right = self.depth_bands(obs)
-        if centre < self.blocked_distance:
+        if self.blocked(obs):
             return self.command(0.0, 1.0)  # wall ahead: turn left, keeping it on the right
         if right > 2.0 * self.keep:
             return self.command(0.5, -0.6)  # lost the wall: curve right to find it again
@@ -227,6 +270,8 @@ class FrontierExplorer(_Scripted):
         self._origin: np.ndarray | None = None
         self._escape = 0
         self._escape_dir = 1.0
+        self._target: tuple[int, int] | None = None
+        self._banned = np.zeros((self.size, self.size), bool)
 
     def _cells(self, xy: np.ndarray) -> np.ndarray:
         idx = np.floor((xy - self._origin) / self.cell).astype(int) + self.size // 2
@@ -234,17 +279,9 @@ class FrontierExplorer(_Scripted):
 
     def _update(self, obs) -> np.ndarray:
         pose = np.asarray(obs["cam_to_world"], np.float64)[-1]
-        depth = np.asarray(obs["depth"], np.float64)[-1, ..., 0]
-        k = np.asarray(obs["intrinsics"], np.float64)
         if self._origin is None:
             self._origin = pose[:2, 3].copy()
-        h, w = depth.shape
-        step = max(1, h // 32)
-        v, u = np.mgrid[0:h:step, 0:w:step]
-        z = depth[::step, ::step]
-        keep = (z > 0.05) & (z < 3.5)
-        cam = np.stack([(u + 0.5 - k[0, 2]) / k[0, 0] * z, (v + 0.5 - k[1, 2]) / k[1, 1] * z, z], -1)[keep]
-        world = cam @ pose[:3, :3].T + pose[:3, 3]
+        world = _world_points(obs, max_depth=3.5)
         floor = world[world[:, 2] < 0.15]
         obstacle = world[(world[:, 2] > 0.2) & (world[:, 2] < 2.0)]
         if len(floor):
@@ -268,23 +305,50 @@ class FrontierExplorer(_Scripted):
         if self._escape > 0:
             self._escape -= 1
             return self.command(0.0, self._escape_dir)
-        if centre < self.blocked_distance:
+        if self.blocked(obs):
+            if self._target is not None:  # the way to it is blocked: try another frontier
+                r, c = self._target
+                self._banned[max(r - 2, 0):r + 3, max(c - 2, 0):c + 3] = True
+                self._target = None
             self._escape_dir = 1.0 if left >= right else -1.0
             self._escape = int(self._rng.integers(1, 4))
             return self.command(0.0, self._escape_dir)
+        here = self._cells(pose[:2, 3][None])[0]
+        if self._target is None or self._state[self._target] != 1 or not self._is_frontier(*self._target) \
+                or np.abs(np.subtract(self._target, here)).max() <= 1:
+            self._target = self._pick(here)
+        if self._target is None:
+            return self.command(0.0, 1.0)  # nothing left to explore in sight: look around
+        centre_xy = (np.array(self._target) - self.size // 2 + 0.5) * self.cell + self._origin
+        return self._steer(pose, centre_xy - pose[:2, 3])
+
+    def _is_frontier(self, r: int, c: int) -> bool:
+        window = self._state[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]
+        return bool((window == 0).any())
+
+    def _pick(self, here: np.ndarray) -> tuple[int, int] | None:
+        """The nearest frontier at least ``min_distance`` away with a straight way there clear of obstacles."""
         frontiers = self._frontiers()
         if len(frontiers) == 0:
-            return self.command(0.0, 1.0)
-        centres = (frontiers - self.size // 2 + 0.5) * self.cell + self._origin
-        offsets = centres - pose[:2, 3]
-        distance = np.linalg.norm(offsets, axis=1)
-        far = distance >= self.min_distance
-        if far.any():
-            offsets, distance = offsets[far], distance[far]
+            return None
+        frontiers = frontiers[~self._banned[frontiers[:, 0], frontiers[:, 1]]]
+        distance = np.linalg.norm(frontiers - here, axis=1) * self.cell
+        frontiers, distance = frontiers[distance >= self.min_distance], distance[distance >= self.min_distance]
         # Ties broken by the seeded rng, so equal frontiers do not always pull the same way.
         order = np.lexsort((self._rng.random(len(distance)), np.round(distance, 3)))
-        target = offsets[order[0]]
-        return self._steer(pose, target)
+        obstacle = self._state == 2
+        inflated = obstacle.copy()  # one cell of margin for the body
+        inflated[1:] |= obstacle[:-1]
+        inflated[:-1] |= obstacle[1:]
+        inflated[:, 1:] |= obstacle[:, :-1]
+        inflated[:, :-1] |= obstacle[:, 1:]
+        for i in order[:64]:
+            target = frontiers[i]
+            n = int(np.abs(target - here).max()) * 2 + 1
+            line = np.rint(here + (target - here) * np.linspace(0, 1, n)[:, None]).astype(int)
+            if not inflated[line[2:, 0], line[2:, 1]].any():
+                return int(target[0]), int(target[1])
+        return None
 
     def _steer(self, pose: np.ndarray, offset: np.ndarray) -> np.ndarray | int:
         # The camera's forward axis (z) projected on the floor gives the heading; yaw is left positive.
@@ -316,10 +380,10 @@ class GoalSeeker(_Scripted):
         left, centre, right = self.depth_bands(obs)
         if self._avoid > 0:
             self._avoid -= 1
-            if centre >= self.blocked_distance and self._avoid == 0:
+            if self._avoid == 0:
                 return self.command(1.0, 0.0)
             return self.command(0.0, self._avoid_dir)
-        if centre < self.blocked_distance:
+        if self.blocked(obs):
             self._avoid_dir = 1.0 if left >= right else -1.0
             self._avoid = int(self._rng.integers(2, 6))
             return self.command(0.0, self._avoid_dir)

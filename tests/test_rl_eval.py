@@ -278,7 +278,7 @@ def test_zoo_manifests_name_at_least_eight_policies_and_their_recipe():
 
 def test_dream_to_real_on_a_tiny_budget(tmp_path):
     """Both trainings through agents/train_ppo.py (oracle as the 'world model' here), then the normalised score."""
-    train = ["--num-envs", "2", "--n-steps", "8", "--batch-size", "16", "--resolution", "32", "--eval-freq",
+    train = ["--num-envs", "2", "--n-steps", "8", "--batch-size", "16", "--resolution", "48", "--eval-freq",
              "1000000", "--checkpoint-freq", "16"]
     result = dream_to_real("MirageRoom-v0", tmp_path / "d2r", generator="oracle", timesteps=32, episodes=2,
                            max_episode_steps=4, train_args=train, n_boot=50, threads=1, progress=None)

@@ -87,7 +87,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--video-freq", type=int, default=25_000, help="timesteps between eval videos (0: none)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="device of the policy and the generator")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the run's newest checkpoint (checkpoints/ppo_N_steps.zip) up to "
+                             "--total-timesteps; a finished run (final_model.zip) is left as it is")
     return parser.parse_args()
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest ``checkpoints/ppo_N_steps.zip`` of a run (largest N), or None."""
+    found = []
+    for path in (run / "checkpoints").glob("ppo_*_steps.zip"):
+        try:
+            found.append((int(path.stem.split("_")[1]), path))
+        except (IndexError, ValueError):
+            continue
+    return max(found)[1] if found else None
 
 
 def main() -> None:
@@ -113,6 +127,9 @@ def main() -> None:
         params["batch_size"] = args.batch_size
 
     run = args.logdir / f"{args.env}_{Path(str(args.generator)).name}_seed{args.seed}"
+    if args.resume and (run / "final_model.zip").is_file():
+        print(f"{run / 'final_model.zip'} exists: the run is finished (--resume does nothing)")
+        return
     train_env = VecMonitor(make_sb3_env(args.env, num_envs, args.generator, env_kwargs, wrapper_kwargs))
     train_env.seed(args.seed)
     eval_env = VecMonitor(make_sb3_env(args.env, 1, args.generator, eval_kwargs, wrapper_kwargs))
@@ -120,8 +137,15 @@ def main() -> None:
                              render_layout="grid")
     video_env.seed(args.seed + 1)
 
-    model = PPO(policy, train_env, seed=args.seed, device=args.device, tensorboard_log=str(run), verbose=1,
-                **params)
+    checkpoint = latest_checkpoint(run) if args.resume else None
+    if checkpoint is not None:
+        # Weights, optimiser and step count come back; the rollout buffer and RNG states do not, so a
+        # resumed run is not bit-identical to an uninterrupted one.
+        model = PPO.load(checkpoint, env=train_env, device=args.device, tensorboard_log=str(run))
+        print(f"resuming from {checkpoint} at {model.num_timesteps} steps")
+    else:
+        model = PPO(policy, train_env, seed=args.seed, device=args.device, tensorboard_log=str(run), verbose=1,
+                    **params)
     per_env = lambda steps: max(1, steps // num_envs)  # noqa: E731  callbacks count vector steps
     callbacks = [
         CheckpointCallback(per_env(args.checkpoint_freq), str(run / "checkpoints"), name_prefix="ppo"),
@@ -132,7 +156,10 @@ def main() -> None:
         max_steps = env_kwargs.get("max_episode_steps") or video_env.get_attr("max_episode_steps")[0]
         callbacks.append(VideoCallback(video_env, args.video_freq, max_steps))
     started = time.perf_counter()
-    model.learn(total_timesteps=total, callback=callbacks, tb_log_name="ppo")
+    remaining = total - model.num_timesteps
+    if remaining > 0:
+        model.learn(total_timesteps=remaining, callback=callbacks, tb_log_name="ppo",
+                    reset_num_timesteps=checkpoint is None)
     model.save(run / "final_model")
     print(f"trained {model.num_timesteps} steps in {time.perf_counter() - started:.0f} s; saved {run / 'final_model.zip'}")
     train_env.close()

@@ -12,7 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# (command path, module, one-line help). Nested paths ("bench", "memory") become sub-subcommands.
+# (command path, module, one-line help). Nested paths ("bench", "memory") become sub-subcommands; a command
+# can be both (``eval`` runs itself, ``eval rl`` its sub-subcommand).
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "mirage_gym.demo", "roll out a scene and write a video (the README's first command)"),
     (("train", "all"), "mirage_gym.training.pipeline", "every stage of a model in one resumable command (vae, generator, depth) -> OUT/model"),
@@ -24,6 +25,9 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("bench", "render"), "mirage_gym.bench.render", "ground-truth renderer throughput (frames/s)"),
     (("bench", "filter"), "mirage_gym.bench.filter", "dynamic-token filter precision/recall against ground-truth moving objects"),
     (("eval",), "mirage_gym.eval.cli", "consistency metrics of a generator on held-out trajectories, per memory mode"),
+    (("eval", "rl"), "mirage_gym.eval.rl", "rank a policy zoo in the world model and in the ground truth: Spearman, Pearson, MMRV"),
+    (("eval", "collisions"), "mirage_gym.eval.collision", "collision agreement: would generated physics block the moves the house blocks"),
+    (("eval", "transfer"), "mirage_gym.eval.transfer", "dream-to-real: PPO trained in the world model, scored in the ground truth"),
     (("bench", "generator"), "mirage_gym.bench.generator", "end-to-end time per chunk and memory vs frames: latent, pixel, none"),
     (("bench", "env"), "mirage_gym.bench.env", "environment steps per second, single and batched"),
     (("collect",), "mirage_gym.data.collect", "roll out vectorised envs into a resumable Minari dataset (local or Ray)"),
@@ -49,11 +53,16 @@ def build_parser(commands: Sequence[tuple[tuple[str, ...], str, str]] = COMMANDS
     parser.add_argument("--version", action="version", version=f"mirage-gym {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
+    leaves: dict[str, argparse.ArgumentParser] = {}
     for path, module, help_text in commands:
         if len(path) == 1:
             sub = top.add_parser(path[0], help=help_text, description=help_text)
+            leaves[path[0]] = sub
         else:
             group = path[0]
+            if group not in groups and group in leaves:  # a command with sub-subcommands of its own
+                groups[group] = leaves[group].add_subparsers(dest=f"{group}_command", metavar="SUBCOMMAND",
+                                                             required=False)
             if group not in groups:
                 gp = top.add_parser(group, help=GROUP_HELP.get(group, group), description=GROUP_HELP.get(group))
                 groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="SUBCOMMAND", required=True)

@@ -272,7 +272,7 @@ def test_eval_collisions_command(tmp_path, capsys):
 
     out = tmp_path / "collisions"
     code = main(["eval", "collisions", "--generators", "oracle", "--episodes", "1", "--episode-steps", "2",
-                 "--resolution", "32", "--chunk", "2", "--no-progress", "--collision-out", str(out)])
+                 "--resolution", "32", "--chunk", "2", "--no-progress", "--out", str(out)])
     assert code == 0
     assert "| oracle | 2 |" in capsys.readouterr().out
     data = json.loads((out / "collisions.json").read_text())

@@ -19,7 +19,7 @@ import torch
 
 from mirage_gym import geometry
 from mirage_gym.envs.physics import GeneratedPhysics
-from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
 
 
 def bench(generator_spec: str = "default", steps: int = 40, resolution: int = 128, chunk: int = 4,

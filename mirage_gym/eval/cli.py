@@ -1,8 +1,5 @@
 """`mirage-gym eval`: score a generator on the held-out evaluation trajectories, in every memory mode.
 
-`mirage-gym eval collisions [--generators oracle default] [--quick] [--out DIR]` instead measures how
-often generated physics blocks the moves the house blocks (:mod:`mirage_gym.eval.collision`).
-
 Writes ``eval.json`` (every row, the summary, the provenance), ``eval_metrics.png`` and
 ``eval_fidelity.png`` to ``--out`` and prints the summary as a markdown table.
 """
@@ -21,13 +18,10 @@ from mirage_gym.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mirage_gym.eval import collision
-
-    parser.add_argument("what", nargs="?", default="consistency", choices=("consistency", "collisions"),
-                        help="consistency metrics (default) or collision agreement of generated vs house physics")
     parser.add_argument("--generator", default="default",
                         help="'default' (shipped weights), 'oracle' (ground truth) or a model folder")
-    parser.add_argument("--out", default=None, help="results folder (JSON, plots, provenance); required for consistency")
+    # Not required=True: argparse would then demand it of `mirage-gym eval rl ...` too; run() checks it.
+    parser.add_argument("--out", default=None, help="results folder (JSON, plots, provenance; required)")
     parser.add_argument("--quick", action="store_true", help="one room per kind, short paths (a minute or two)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="memory modes to compare")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="trajectory kinds")
@@ -45,19 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device of the generator")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    collision.add_arguments(parser.add_argument_group("collisions (eval collisions)"))
 
 
 def run(args: argparse.Namespace) -> int:
     from mirage_gym.envs import load_generator
 
-    if args.what == "collisions":
-        from mirage_gym.eval.collision import run_collisions
-
-        return run_collisions(args)
-    if not args.out:
-        raise ValueError("--out is required: the results folder")
-
+    if args.out is None:
+        raise ValueError("--out is required (the results folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_config(args.config).model

@@ -33,7 +33,7 @@ import torch
 
 from mirage_gym import geometry
 from mirage_gym.envs.physics import GeneratedPhysics
-from mirage_gym.training.config import EVAL_ROOM_SEED_OFFSET
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
 
 __all__ = ["CollisionConfig", "collision_agreement", "scores", "markdown_line", "add_arguments", "run"]
 
@@ -169,9 +169,18 @@ MARKDOWN_HEADER = ("| generator | moves | house blocks | precision | recall | F1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="default", help="model config giving resolution, fov and chunk")
+    parser.add_argument("--resolution", type=int, default=None, help="frame size (default: the config's)")
+    parser.add_argument("--chunk", type=int, default=None, help="frames per chunk (default: the config's)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
+    parser.add_argument("--quick", action="store_true", help="4 short episodes")
+    parser.add_argument("--seed", type=int, default=0, help="walk seed")
+    parser.add_argument("--device", default="cpu", help="torch device of the generator")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--generators", nargs="+", default=["oracle", "default"],
                         help="'oracle', 'default' or model folders, each measured in turn")
-    parser.add_argument("--collision-out", default=None, help="write collisions.json and collisions.md here")
+    parser.add_argument("--out", default=None, help="write collisions.json and collisions.md here")
     parser.add_argument("--episodes", type=int, default=None, help="random-walk episodes (default 20, quick 4)")
     parser.add_argument("--episode-steps", type=int, default=None, help="moves per episode (default 50, quick 15)")
 
@@ -180,13 +189,13 @@ def run_collisions(args: argparse.Namespace) -> int:
     """``mirage-gym eval collisions``: the agreement table for each of ``--generators``."""
     from mirage_gym.envs import load_generator
     from mirage_gym.provenance import results_folder, write_results
-    from mirage_gym.training.config import load_config
+    from mirage_gym.config import load_config
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    model = load_config(args.config)
-    overrides: dict[str, Any] = {"resolution": args.resolution or model["resolution"], "fov_deg": model["fov_deg"],
-                                 "chunk": args.chunk or model["chunk"], "seed": args.seed}
+    model = load_config(args.config).model
+    overrides: dict[str, Any] = {"resolution": args.resolution or model.resolution, "fov_deg": model.fov_deg,
+                                 "chunk": args.chunk or model.chunk_frames, "seed": args.seed}
     if args.episodes is not None:
         overrides["episodes"] = args.episodes
     if args.episode_steps is not None:
@@ -205,9 +214,8 @@ def run_collisions(args: argparse.Namespace) -> int:
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)
-    out_dir = args.collision_out or args.out
-    if out_dir:
-        out = results_folder(out_dir)
+    if args.out:
+        out = results_folder(args.out)
         path = write_results(out, "collisions", results,
                              config={"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}})
         (out / "collisions.md").write_text(table + "\n")
@@ -215,6 +223,5 @@ def run_collisions(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:  # pragma: no cover - the eval CLI dispatches here
-    return run_collisions(args)
+run = run_collisions
 

@@ -15,7 +15,6 @@ import math
 import struct
 import tempfile
 import threading
-import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,18 +97,22 @@ def image_header(data: bytes) -> tuple[str, int, int]:
 
     ``ValueError`` for a file that is not a PNG, JPEG, WebP, BMP or TIFF image.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=_FORMATS) as image:  # reads the header only
-                return str(image.format), int(image.width), int(image.height)
-    except Image.DecompressionBombError:  # Pillow's own bound (above ~179 megapixels), below it ours applies
-        raise ValueError(f"the image declares more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; the limit "
-                         f"is {MAX_IMAGE_PIXELS / 1e6:g} megapixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error):
-        raise ValueError("the uploaded file is not an image that can be read (use PNG, JPEG, BMP, WebP or TIFF)") from None
+    Image.init()
+    prefix = data[:16]
+    for name in _FORMATS:
+        # Pillow's own opener for the format, as Image.open uses it, without Image.open's decompression-bomb
+        # check (it raises for huge images without saying their size; this function reports the size).
+        factory, accept = Image.OPEN.get(name, (None, None))
+        if factory is None or (accept is not None and not accept(prefix)):
+            continue
+        try:
+            with factory(io.BytesIO(data), "") as image:  # parses the header only
+                return str(image.format or name), int(image.width), int(image.height)
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError):
+            continue
+    raise ValueError("the uploaded file is not an image that can be read (use PNG, JPEG, BMP, WebP or TIFF)")
 
 
 def decode_start_image(data: bytes, resolution: int, max_bytes: int = MAX_UPLOAD_BYTES,

@@ -351,3 +351,90 @@ def test_the_payload_runs_when_unpickled(tmp_path):
     plant(tmp_path / "x.bin", marker)
     pickle.loads((tmp_path / "x.bin").read_bytes())
     assert marker.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    from tiny_generator import save_tiny_generator
+
+    return save_tiny_generator(tmp_path_factory.mktemp("tiny") / "g")
+
+
+def copy_folder(source: Path, target: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(source, target))
+
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def test_a_pickle_in_place_of_the_weights_is_not_executed(tiny_folder, tmp_path):
+    from mirage_gym.model.generator import MirageGenerator
+
+    marker = tmp_path / "ran"
+    folder = copy_folder(tiny_folder, tmp_path / "only_pickle")
+    (folder / "transformer" / WEIGHTS).unlink()
+    plant(folder / "transformer" / "diffusion_pytorch_model.bin", marker)  # what diffusers would torch.load
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors weights in .*only_pickle/transformer"):
+        MirageGenerator.from_pretrained(folder)
+    renamed = copy_folder(tiny_folder, tmp_path / "renamed")
+    plant(renamed / "vae" / WEIGHTS, marker)  # a pickle under the safetensors name
+    with pytest.raises(ValueError, match=r"renamed/vae/diffusion_pytorch_model\.safetensors is not a valid safetensors"):
+        MirageGenerator.from_pretrained(renamed)
+    assert not marker.exists()
+
+
+def test_pickles_next_to_the_weights_are_never_read(tiny_folder, tmp_path):
+    from mirage_gym.model.generator import MirageGenerator
+
+    marker = tmp_path / "ran"
+    folder = copy_folder(tiny_folder, tmp_path / "beside")
+    for component in ("transformer", "vae", "depth_head"):
+        plant(folder / component / "diffusion_pytorch_model.bin", marker)
+        plant(folder / component / "pytorch_model.bin", marker)
+    MirageGenerator.from_pretrained(folder)  # loads the safetensors
+    assert not marker.exists()
+
+
+def test_a_pickled_lora_is_not_executed(tmp_path):
+    from test_pretrained import wan_folder
+
+    from mirage_gym.model.generator import MirageGenerator
+    from mirage_gym.model.pretrained import LORA_WEIGHTS, add_lora
+
+    marker = tmp_path / "ran"
+    base = wan_folder(tmp_path / "wan", a14b=False)
+    gen = MirageGenerator.from_pretrained(base)
+    add_lora(gen.transformer, rank=2)
+    lora = gen.save_pretrained(tmp_path / "lora")
+    plant(lora / LORA_WEIGHTS, marker)
+    with pytest.raises(ValueError, match=r"lora/pytorch_lora_weights\.safetensors is not a valid safetensors"):
+        MirageGenerator.from_pretrained(base, lora=lora)
+    assert not marker.exists()
+
+
+def test_a_pickled_latent_cache_is_not_executed(tmp_path):
+    from mirage_gym.memory import LatentCache
+
+    marker = tmp_path / "ran"
+    plant(tmp_path / "cache.safetensors", marker)
+    with pytest.raises(ValueError, match=r"cache\.safetensors is not a readable safetensors file"):
+        LatentCache.load(tmp_path / "cache.safetensors")
+    assert not marker.exists()
+
+
+def test_no_loader_outside_training_unpickles():
+    """Every ``torch.load`` in the package (``training/`` is hardened on its own) passes ``weights_only=True``;
+    nothing calls ``pickle.load``/``np.load(allow_pickle=True)``."""
+    offenders = []
+    for path in sorted((ROOT / "mirage_gym").rglob("*.py")):
+        if "training" in path.relative_to(ROOT / "mirage_gym").parts:
+            continue
+        text = path.read_text()
+        for match in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", text):
+            if "weights_only=True" not in match.group(0):
+                offenders.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
+        for pattern in (r"pickle\.loads?\(", r"allow_pickle\s*=\s*True", r"weights_only\s*=\s*False"):
+            offenders += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in re.finditer(pattern, text)]
+    assert not offenders, offenders

@@ -128,7 +128,8 @@ def collect(
         env_id, env_kwargs: the environment and its keywords (``generator``, ``memory``,
             ``resolution``, ``chunk``, ``device``...); JSON-serialisable, as they are stored.
         num_envs: sub-envs of each batched vector env.
-        policy: ``"random"`` or a stable-baselines3 PPO ``.zip`` (acting deterministically).
+        policy: ``"random"`` or a stable-baselines3 PPO ``.zip`` (acting deterministically). A ``.zip``
+            holds pickles: loading it runs code, so use files from a trusted source only.
         out: the Minari datasets folder (default ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``).
         max_episode_steps: truncation (default: the registration's, 200 for ``MirageRoom-v0``).
         compression: Arrow buffer compression, ``"zstd"``, ``"lz4"`` or ``"none"``.
@@ -139,7 +140,8 @@ def collect(
         progress: show a progress bar (stderr).
 
     Raises:
-        ValueError: bad arguments, or a dataset of that id made with other settings.
+        ValueError: bad arguments, or a dataset of that id made with other settings or another model
+            (:func:`generator_identity`).
         CollectionError: the dataset cannot be written (unwritable folder, disk full); the
             episodes committed before are intact and the same call continues later.
     """

@@ -438,3 +438,54 @@ def test_no_loader_outside_training_unpickles():
         for pattern in (r"pickle\.loads?\(", r"allow_pickle\s*=\s*True", r"weights_only\s*=\s*False"):
             offenders += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in re.finditer(pattern, text)]
     assert not offenders, offenders
+
+
+# ---------------------------------------------------------------------- one validation path for actions
+
+
+CONTINUOUS = [
+    [1, 0, 0, 0], (0.5, -1, 0, 0.25), np.array([1.0, 0, 0, 0], np.float32), np.array([1.0, 0, 0, 0], np.float16),
+    np.array([1, 0, 0, 0], np.int16), [np.float32(1), 0, 0, np.int64(0)],
+    ["1", "0", "0", "0"], [True, False, False, False], np.zeros(4, bool), [1, 0, 0], [[1, 0, 0, 0]], "forward", None,
+    [None, 0, 0, 0], [2, 0, 0, 0], [float("nan"), 0, 0, 0], [float("inf"), 0, 0, 0], [10**5000, 0, 0, 0],
+    np.zeros(4, np.int64), {"forward": 1},
+]
+
+
+@pytest.mark.parametrize("action", CONTINUOUS, ids=[f"{type(a).__name__}{k}" for k, a in enumerate(CONTINUOUS)])
+def test_to_motion_accepts_what_the_action_space_contains_and_no_strings_or_booleans(action):
+    import warnings
+
+    from mirage_gym.envs.actions import single_action_space, to_motion
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gymnasium warns when it casts a list
+        contained = single_action_space("continuous").contains(action)
+    texty = (isinstance(action, (list, tuple)) and any(isinstance(v, (str, bool)) for v in action)) or (
+        isinstance(action, np.ndarray) and action.dtype == bool)
+    if contained and not texty:
+        assert to_motion(action, "continuous").shape == (1, 4)
+    else:  # contains() casts strings and booleans to numbers: the env refuses them
+        with pytest.raises(ValueError, match="action"):
+            to_motion(action, "continuous")
+
+
+def test_the_env_steps_with_a_list_of_ints_as_with_its_float32_array():
+    from mirage_gym.envs import MirageRoomEnv
+
+    kwargs = {"generator": "oracle", "resolution": 32, "chunk": 2, "room_seeds": [0]}
+    listed, arrayed = MirageRoomEnv(**kwargs), MirageRoomEnv(**kwargs)
+    listed.reset(seed=1)
+    arrayed.reset(seed=1)
+    a = listed.step([0, 0, 1, 0])[0]
+    b = arrayed.step(np.array([0, 0, 1, 0], np.float32))[0]
+    assert np.array_equal(a["rgb"], b["rgb"]) and np.array_equal(a["cam_to_world"], b["cam_to_world"])
+    for bad in (["0", "0", "1", "0"], [False, False, True, False]):
+        with pytest.raises(ValueError, match="action must be numbers"):
+            listed.step(bad)
+    discrete = MirageRoomEnv(**kwargs, action_type="discrete")
+    discrete.reset(seed=1)
+    discrete.step(np.int64(1))
+    for bad in (True, "1", 1.0):
+        with pytest.raises(ValueError, match="integer move index"):
+            discrete.step(bad)

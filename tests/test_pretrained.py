@@ -302,12 +302,13 @@ def test_wrong_channel_counts_are_named(tmp_path: Path) -> None:
     config = json.loads(config_file.read_text())
     config["in_channels"] = 60
     config_file.write_text(json.dumps(config))
-    message = r"full/transformer/config\.json does not match .*patch_embedding\.weight is \[16, 103, 1, 2, 2\] in the weights"
+    message = (r"full/transformer/config\.json does not match .*"
+               r"patch_embedding\.weight is \[16, 103, 1, 2, 2\] in the weights")
     with pytest.raises(ValueError, match=message):
         MirageGenerator.from_pretrained(full)
 
 
-# ---------------------------------------------------------------------- broken Mirage folders: every error names its file
+# ---------------------------------------------------------------------- broken Mirage folders name their file
 
 
 def _edit_json(path: Path, **changes) -> None:

@@ -62,7 +62,8 @@ def to_motion(action: Any, action_type: str, batch: int | None = None) -> np.nda
         if action.shape != shape:
             raise ValueError(f"action must have shape {shape} {what}, got {action.shape}")
         kind = action.dtype.kind
-        if continuous and (kind == "b" or not (kind == "f" or (kind in "iu" and np.can_cast(action.dtype, np.float32)))):
+        numeric = kind == "f" or (kind in "iu" and np.can_cast(action.dtype, np.float32))  # bool casts too: refused
+        if continuous and (kind == "b" or not numeric):
             raise ValueError(f"action must be a floating-point array (float32), got dtype {action.dtype}")
         if not continuous and kind not in "iu":
             raise ValueError(f"a discrete action must be an integer move index, got dtype {action.dtype}")
@@ -88,7 +89,8 @@ def to_motion(action: Any, action_type: str, batch: int | None = None) -> np.nda
             raise ValueError(f"action is out of bounds [-1, 1]: {values.tolist()}")
         return values.astype(np.float32).reshape(-1, 4)
     if ((values < 0) | (values >= len(MOVE_NAMES))).any():
-        raise ValueError(f"action is out of bounds: moves are 0..{len(MOVE_NAMES) - 1} {MOVE_NAMES}, got {values.tolist()}")
+        raise ValueError(f"action is out of bounds: moves are 0..{len(MOVE_NAMES) - 1} {MOVE_NAMES}, "
+                         f"got {values.tolist()}")
     return DISCRETE_MOVES[values.reshape(-1)]
 
 
@@ -101,7 +103,10 @@ def _is_number(value: Any, continuous: bool) -> bool:
 
 
 def _check_nested(value: Any, shape: tuple[int, ...], full: tuple[int, ...], what: str, continuous: bool) -> None:
-    """``ValueError`` unless ``value`` is nested lists/tuples of ``shape`` holding numbers (recursion bounded by ``shape``)."""
+    """``ValueError`` unless ``value`` is nested lists/tuples of ``shape`` holding numbers.
+
+    The recursion goes no deeper than ``shape``: a deeply nested value is refused at that depth.
+    """
     if not shape:
         if isinstance(value, (list, tuple, np.ndarray)):
             raise ValueError(f"action must have shape {full} {what}, got a deeper nesting: {_short(value)}")

@@ -223,7 +223,8 @@ def check_config_types(cls: type, config: dict[str, Any], path: Path) -> None:
             continue
         kind = _expected_kind(param.default)
         if kind is not None and not kind[1](value):
-            raise ValueError(f"{path}: {key!r} must be {kind[0]} (as {_describe(param.default)}), got {_describe(value)}")
+            raise ValueError(f"{path}: {key!r} must be {kind[0]} (as {_describe(param.default)}), "
+                             f"got {_describe(value)}")
 
 
 def _safetensors_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:

@@ -91,7 +91,7 @@ def update_message(update: Update) -> dict[str, Any]:
 
 
 def _split_host(value: str, default_port: int | None) -> tuple[str, int | None] | None:
-    """``"name:port"`` / ``"[::1]:port"`` / ``"name"`` -> (lower-case name without brackets, port); None if malformed."""
+    """``"name:port"``, ``"[::1]:port"`` or ``"name"`` -> (lower-case name, port); None if malformed."""
     value = value.strip().lower()
     if not value or any(c.isspace() or c in "/\\@?#" for c in value):
         return None

@@ -6,6 +6,9 @@
 Prints mean +- std of the episode return, the final coverage (fraction of the navigable floor
 seen), the success rate (Nav), the episode length and the collisions per episode, for each
 policy. Without --model only the random agent is evaluated. Episode k of every policy uses seed --seed + k (same room, start and goal).
+
+A PPO .zip holds pickles: loading it runs the code inside, so pass --model files from a trusted
+source only (ones you trained yourself).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ def main() -> None:
     parser.add_argument("--env", default="MirageRoom-v0", choices=ENV_IDS)
     parser.add_argument("--generator", default="default", help="'default', 'oracle' or a model folder")
     parser.add_argument("--memory", default="latent", choices=["latent", "pixel", "none"])
-    parser.add_argument("--model", type=Path, help="a PPO .zip (from train_ppo.py)")
+    parser.add_argument("--model", type=Path, help="a PPO .zip (from train_ppo.py); it is a pickle, "
+                        "loading it runs code: trusted files only")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--num-envs", type=int, default=4, help="episodes run side by side (batched)")
     parser.add_argument("--resolution", type=int)

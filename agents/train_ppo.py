@@ -8,6 +8,10 @@ checkpoints, the best model (EvalCallback on held-out rooms) and the final model
     .venv/bin/python agents/train_ppo.py --env MirageRoom-v0 --generator oracle --total-timesteps 100000
     .venv/bin/python agents/train_ppo.py --env MirageRoomNav-v0 --generator path/to/model
     tensorboard --logdir runs/ppo
+
+The saved models are stable-baselines3 .zip files, which hold pickles: loading one runs the
+code inside it, so load (evaluate.py, mirage-gym collect --policy) only files from a trusted
+source, such as ones you trained yourself.
 """
 
 from __future__ import annotations

@@ -295,3 +295,63 @@ def test_example_trains_from_a_dataset_it_collects(tmp_path, monkeypatch, capsys
     runpy.run_path(str(ROOT / "examples/train_from_dataset.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "mirage/example-random-v0: 5 episodes, 15 transitions" in out and "validation MSE" in out
+
+
+# ---------------------------------------------------------------------- the generator's identity
+
+
+def test_a_resume_with_other_weights_is_refused_naming_the_file(tmp_path):
+    import shutil
+
+    from tiny_generator import build_tiny_generator, save_tiny_generator, tiny_env_kwargs
+
+    folder = save_tiny_generator(tmp_path / "model")
+    env_kwargs = tiny_env_kwargs(folder)
+    out = tmp_path / "datasets"
+    result = run_collect(out, "mirage/tiny-v0", env_kwargs=env_kwargs, episodes=1, num_envs=1, max_episode_steps=2)
+    metadata_file = result.path / "data/metadata.json"
+    recorded = json.loads(metadata_file.read_text())["mirage_gym"]["model"]
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    assert recorded["generator"] == str(folder) and "package_version" not in recorded
+    assert set(recorded["files"]) >= {weights, "mirage_config.json", "transformer/config.json",
+                                      "vae/diffusion_pytorch_model.safetensors", "depth_head/config.json"}
+
+    original = (folder / weights).read_bytes()
+    other = build_tiny_generator(seed=1).save_pretrained(tmp_path / "other")
+    shutil.copyfile(other / weights, folder / weights)  # new weights in the same folder, same command
+    before = metadata_file.read_bytes()
+    with pytest.raises(ValueError, match=rf"another model \({weights} changed \(sha256 "
+                                         rf"{recorded['files'][weights][:12]}\.\.\. -> [0-9a-f]{{12}}\.\.\.\)\)"):
+        run_collect(out, "mirage/tiny-v0", env_kwargs=env_kwargs, episodes=2, num_envs=1, max_episode_steps=2)
+    assert metadata_file.read_bytes() == before  # nothing written
+    (folder / "extra.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"extra\.json added"):
+        run_collect(out, "mirage/tiny-v0", env_kwargs=env_kwargs, episodes=2, num_envs=1, max_episode_steps=2)
+
+    (folder / "extra.json").unlink()
+    (folder / weights).write_bytes(original)  # the model it was started with: it continues
+    again = run_collect(out, "mirage/tiny-v0", env_kwargs=env_kwargs, episodes=2, num_envs=1, max_episode_steps=2)
+    assert again.total_episodes == 2 and again.episodes == 1
+
+
+def test_the_default_models_identity_holds_the_package_version(monkeypatch):
+    from mirage_gym.data.collect import _model_changes, generator_identity
+
+    identity = generator_identity("default", physics="generated")
+    assert identity["package_version"] == mirage_gym.__version__ and identity["physics"] == "generated"
+    assert any(name.endswith(".safetensors") for name in identity["files"])
+    monkeypatch.setattr(mirage_gym, "__version__", "99.0")
+    upgraded = generator_identity("default", physics="ground_truth")
+    assert _model_changes(identity, upgraded) == [
+        f"mirage-gym version {identity['package_version']!r} -> '99.0'", "physics 'generated' -> 'ground_truth'"]
+    assert generator_identity("oracle") == {"generator": "oracle", "files": {}}
+
+
+def test_a_dataset_from_before_the_identity_is_continued_with_a_warning(tmp_path):
+    result = run_collect(tmp_path, "mirage/old-v0", episodes=1)
+    metadata_file = result.path / "data/metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    del metadata["mirage_gym"]["model"]
+    metadata_file.write_text(json.dumps(metadata))
+    with pytest.warns(UserWarning, match="cannot check that it is continued with the same model"):
+        assert run_collect(tmp_path, "mirage/old-v0", episodes=2).total_episodes == 2

@@ -82,10 +82,11 @@ def test_same_seed_same_scene(oracle):
     assert not np.array_equal(other.pose, first.pose)
 
 
-@pytest.mark.parametrize("action", [[2.0, 0, 0, 0], [float("nan"), 0, 0, 0], [1.0, 0, 0], "forward", None])
+@pytest.mark.parametrize("action", [[2.0, 0, 0, 0], [float("nan"), 0, 0, 0], [1.0, 0, 0], "forward", None,
+                                    ["1", "0", "0", "0"], [True, False, False, False], [10**5000, 0, 0, 0]])
 def test_bad_action_leaves_the_scene(oracle, action):
     before = oracle.latest
-    with pytest.raises(ValueError, match="action must be"):
+    with pytest.raises(ValueError, match="action"):
         oracle.step(action)
     assert oracle.latest is before and oracle.recorded_frames == 1
 
@@ -224,7 +225,8 @@ def test_topdown_map_draws_the_highest_point_below_the_ceiling():
 
 @pytest.fixture()
 def client(oracle):
-    with TestClient(create_app(oracle, handover_seconds=HANDOVER)) as test_client:
+    # Starlette's TestClient calls itself "testserver": the app must be told to answer that name.
+    with TestClient(create_app(oracle, handover_seconds=HANDOVER, allow_hosts=["testserver"])) as test_client:
         yield test_client
 
 
@@ -257,7 +259,8 @@ def test_websocket_drives_the_scene(client):
         reply = ws.receive_json()
         assert reply["type"] == "error" and reply["message"]
     ws.send_text("not json")
-    assert ws.receive_json() == {"type": "error", "message": "a request must be JSON"}
+    reply = ws.receive_json()
+    assert reply["type"] == "error" and reply["message"].startswith("a request must be JSON")
     ws.send_json({"type": "reset", "seed": 3})
     reset = ws.receive_json()
     assert reset["frames"] == first["frames"] and reset["frames_generated"] == 0

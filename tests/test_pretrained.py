@@ -302,5 +302,91 @@ def test_wrong_channel_counts_are_named(tmp_path: Path) -> None:
     config = json.loads(config_file.read_text())
     config["in_channels"] = 60
     config_file.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"could not load WanTransformer3DModel from .*full/transformer"):
+    message = (r"full/transformer/config\.json does not match .*"
+               r"patch_embedding\.weight is \[16, 103, 1, 2, 2\] in the weights")
+    with pytest.raises(ValueError, match=message):
         MirageGenerator.from_pretrained(full)
+
+
+# ---------------------------------------------------------------------- broken Mirage folders name their file
+
+
+def _edit_json(path: Path, **changes) -> None:
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def _tiny_mirage_folder(tmp_path: Path) -> Path:
+    from tiny_generator import save_tiny_generator
+
+    return save_tiny_generator(tmp_path / "tiny")
+
+
+def _one_more_layer(folder: Path) -> None:
+    path = folder / "transformer" / "config.json"
+    _edit_json(path, num_layers=json.loads(path.read_text())["num_layers"] + 1)
+
+
+def _one_layer_less(folder: Path) -> None:
+    path = folder / "transformer" / "config.json"
+    _edit_json(path, num_layers=json.loads(path.read_text())["num_layers"] - 1)
+
+
+def _weights_of(component: str, into: str):
+    def swap(folder: Path) -> None:
+        weights = "diffusion_pytorch_model.safetensors"
+        (folder / into / weights).write_bytes((folder / component / weights).read_bytes())
+    return swap
+
+
+@pytest.mark.parametrize(("name", "damage", "message"), [
+    ("one more layer", _one_more_layer,
+     r"transformer/config\.json does not match .*transformer/diffusion_pytorch_model\.safetensors: 27 tensor\(s\) the "
+     r"config needs are not in the weights \(e\.g\. \['blocks\.1\."),
+    ("one layer less", _one_layer_less,
+     r"transformer/config\.json does not match .*: 27 tensor\(s\) in the weights are not in the config's model"),
+    ("depth head weights as the transformer's", _weights_of("depth_head", "transformer"),
+     r"transformer/config\.json does not match .*transformer/diffusion_pytorch_model\.safetensors: .*another "
+     r"component's weights"),
+    ("depth head weights as the VAE's", _weights_of("depth_head", "vae"),
+     r"vae/config\.json does not match .*vae/diffusion_pytorch_model\.safetensors"),
+    ("a wider depth head", lambda f: _edit_json(f / "depth_head" / "config.json", hidden_channels=16),
+     r"depth_head/config\.json does not match .*conv_in\.bias is \[8\] in the weights, \[16\] by the config"),
+    ("cache_capacity 'x'", lambda f: _edit_json(f / "mirage_config.json", cache_capacity="x"),
+     r"mirage_config\.json: 'cache_capacity' must be an integer >= 1 \(voxels\), got \"x\""),
+    ("cache_capacity 0", lambda f: _edit_json(f / "mirage_config.json", cache_capacity=0),
+     r"mirage_config\.json: 'cache_capacity' must be an integer >= 1"),
+    ("voxel_size -1", lambda f: _edit_json(f / "mirage_config.json", voxel_size=-1),
+     r"mirage_config\.json: 'voxel_size' must be a number > 0"),
+    ("cache_guidance 2", lambda f: _edit_json(f / "mirage_config.json", cache_guidance=2),
+     r"mirage_config\.json: 'cache_guidance' must be a number in \[0, 1\]"),
+    ("num_inference_steps 2.5", lambda f: _edit_json(f / "mirage_config.json", num_inference_steps=2.5),
+     r"mirage_config\.json: 'num_inference_steps' must be an integer >= 1, got 2\.5"),
+    ("memory 'voxels'", lambda f: _edit_json(f / "mirage_config.json", memory="voxels"),
+     r"mirage_config\.json: 'memory' must be one of"),
+    ("rewrite_cached 'yes'", lambda f: _edit_json(f / "mirage_config.json", rewrite_cached="yes"),
+     r"mirage_config\.json: 'rewrite_cached' must be true or false"),
+    ("boundary_ratio without transformer_2", lambda f: _edit_json(f / "mirage_config.json", boundary_ratio=0.5),
+     r"mirage_config\.json: 'boundary_ratio' must be set exactly when the folder has transformer_2/"),
+    ("num_layers 'two'", lambda f: _edit_json(f / "transformer" / "config.json", num_layers="two"),
+     r"transformer/config\.json: 'num_layers' must be an integer \(as 40\), got \"two\""),
+    ("patch_size a number", lambda f: _edit_json(f / "transformer" / "config.json", patch_size=2),
+     r"transformer/config\.json: 'patch_size' must be a list"),
+    ("hidden_channels 'x'", lambda f: _edit_json(f / "depth_head" / "config.json", hidden_channels="x"),
+     r"depth_head/config\.json: 'hidden_channels' must be an integer"),
+    ("scheduler shift 'x'", lambda f: _edit_json(f / "scheduler" / "scheduler_config.json", shift="x"),
+     r"scheduler/scheduler_config\.json: 'shift' must be a number"),
+    ("scheduler class 7", lambda f: _edit_json(f / "scheduler" / "scheduler_config.json", _class_name=7),
+     r"scheduler/scheduler_config\.json: scheduler 7 is not one of"),
+])
+def test_a_broken_mirage_folder_is_a_value_error_naming_file_and_key(tmp_path: Path, name, damage, message) -> None:
+    folder = _tiny_mirage_folder(tmp_path)
+    damage(folder)
+    with pytest.raises(ValueError, match=message):
+        MirageGenerator.from_pretrained(folder)
+
+
+def test_the_tiny_folder_itself_loads(tmp_path: Path) -> None:
+    """The damaged folders above differ from a folder that loads only by their damage."""
+    assert MirageGenerator.from_pretrained(_tiny_mirage_folder(tmp_path)).cache_capacity == 4000

@@ -9,15 +9,25 @@ The collection is planned up front: episode ``k`` (``0 <= k < episodes``) is res
 and running it again continues where it stopped, with no episode missing, twice or half
 written; running it again on a finished dataset says so and changes nothing, and a larger
 ``--episodes`` extends it. ``--backend ray --workers N`` plays the same plan on Ray actors.
+
+The dataset records the generator's identity (:func:`generator_identity`: the SHA-256 of every
+weight and config file it is loaded from, the package version for ``"default"``, the physics
+setting): continuing it with another model (new weights in the same folder, an upgraded package)
+is refused, naming what changed, so that one dataset never mixes two models.
+
+A stable-baselines3 policy (``--policy x.zip``) is a pickle: loading it runs code, so it must
+come from a trusted source.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +46,14 @@ from mirage_gym.data.minari_writer import (
 from mirage_gym.data.rollout import Episode, EpisodeRunner
 from mirage_gym.envs import ENV_IDS
 
-__all__ = ["BACKENDS", "CollectResult", "add_arguments", "collect", "default_dataset_id", "run"]
+__all__ = ["BACKENDS", "CollectResult", "add_arguments", "collect", "default_dataset_id", "generator_identity",
+           "run"]
 
 BACKENDS = ("local", "ray")
 _RESERVED = ("max_episode_steps", "num_envs", "render_mode")  # env keywords the collection sets itself
+_MODEL_KEY = "model"  # the generator's identity in the dataset's mirage_gym block
+_MODEL_FILES = (".safetensors", ".json")  # what the loaders read from a model folder
+_SKIPPED_FOLDERS = ("text_encoder", "tokenizer")  # read only to encode a prompt, which collection never does
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,8 @@ def collect(
         env_id, env_kwargs: the environment and its keywords (``generator``, ``memory``,
             ``resolution``, ``chunk``, ``device``...); JSON-serialisable, as they are stored.
         num_envs: sub-envs of each batched vector env.
-        policy: ``"random"`` or a stable-baselines3 PPO ``.zip`` (acting deterministically).
+        policy: ``"random"`` or a stable-baselines3 PPO ``.zip`` (acting deterministically). A ``.zip``
+            holds pickles: loading it runs code, so use files from a trusted source only.
         out: the Minari datasets folder (default ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``).
         max_episode_steps: truncation (default: the registration's, 200 for ``MirageRoom-v0``).
         compression: Arrow buffer compression, ``"zstd"``, ``"lz4"`` or ``"none"``.
@@ -125,7 +140,8 @@ def collect(
         progress: show a progress bar (stderr).
 
     Raises:
-        ValueError: bad arguments, or a dataset of that id made with other settings.
+        ValueError: bad arguments, or a dataset of that id made with other settings or another model
+            (:func:`generator_identity`).
         CollectionError: the dataset cannot be written (unwritable folder, disk full); the
             episodes committed before are intact and the same call continues later.
     """
@@ -155,10 +171,12 @@ def collect(
     # Everything that decides the episodes' content, and nothing that does not (num_envs, backend...).
     config = {"env_id": env_id, "env_kwargs": env_kwargs, "max_episode_steps": max_episode_steps,
               "policy": policy_config, "seed": seed}
+    identity = generator_identity(env_kwargs.get("generator", "default"), physics=env_kwargs.get("physics"))
 
     started = time.perf_counter()
     with DatasetWriter(out, dataset_id, config, compression=compression, previews=previews,
                        preview_fps=max(1, round(1.0 / float(env_kwargs.get("frame_time", 0.25))))) as writer:
+        _check_same_model(writer, identity)  # before anything is committed
         writer.commit_ready(limit=episodes)
         pending = [k for k in range(writer.committed, episodes) if k not in writer.staged()]
         collected = frames = 0
@@ -177,7 +195,7 @@ def collect(
                 writer.start(env_spec_for(env_id, env_kwargs, max_episode_steps), source.observation_space,
                              source.action_space, algorithm_name=_algorithm_name(policy_config),
                              description=_description(env_id, env_kwargs, policy_config, seed),
-                             extra=_extra(env_kwargs, policy_config, seed))
+                             extra={**_extra(env_kwargs, policy_config, seed), _MODEL_KEY: identity})
                 startup = time.perf_counter() - started
                 collected, frames, seconds = _write_all(writer, source.run(pending), episodes, progress)
             finally:
@@ -190,6 +208,96 @@ def collect(
             generated_frames=frames, seconds=seconds, startup_seconds=startup, dataset_bytes=writer.dataset_bytes,
             stored_frames=(steps + total) * int(env_kwargs.get("chunk", 4)), compression=compression,
         )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_hashes(folder: Path, prefix: str = "") -> dict[str, str]:
+    """``{relative path: sha256}`` of the weight and config files under ``folder``."""
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and path.suffix in _MODEL_FILES and relative.parts[0] not in _SKIPPED_FOLDERS:
+            hashes[prefix + relative.as_posix()] = _sha256(path)
+    return hashes
+
+
+def generator_identity(generator: str | Path, *, physics: Any = None) -> dict[str, Any]:
+    """What decides a generator's output, as a dataset records it: the SHA-256 of each weight and config file.
+
+    ``"default"``: the shipped weights' files and the package version; a folder: its files (a
+    Mirage LoRA folder also its base's, under ``base_model/``); ``"oracle"``: the renderer, no
+    files. ``physics`` (the env's ``physics=`` setting) is recorded when given.
+    """
+    from mirage_gym import __version__
+    from mirage_gym.envs.generators import default_weights_path
+    from mirage_gym.model.pretrained import MIRAGE_CONFIG
+
+    spec = str(generator)
+    identity: dict[str, Any] = {"generator": spec}
+    if spec == "oracle":
+        identity["files"] = {}
+    else:
+        folder = default_weights_path() if spec == "default" else Path(spec)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"generator folder {folder} does not exist (or use 'default' or 'oracle')")
+        files = _folder_hashes(folder)
+        if not files:
+            raise FileNotFoundError(f"generator folder {folder} holds no weight or config files")
+        try:
+            base = json.loads((folder / MIRAGE_CONFIG).read_text()).get("base_model")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        if isinstance(base, str) and base and Path(base).is_dir():
+            files.update(_folder_hashes(Path(base), prefix="base_model/"))
+        identity["files"] = files
+        if spec == "default":
+            identity["package_version"] = __version__
+    if physics is not None:
+        identity["physics"] = physics
+    return identity
+
+
+def _model_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`generator_identity` records, in words."""
+    changes = []
+    if stored.get("generator") != current.get("generator"):
+        changes.append(f"generator {stored.get('generator')!r} -> {current.get('generator')!r}")
+    old, new = stored.get("files", {}), current.get("files", {})
+    for name in sorted(set(old) | set(new)):
+        if name not in new:
+            changes.append(f"{name} removed")
+        elif name not in old:
+            changes.append(f"{name} added")
+        elif old[name] != new[name]:
+            changes.append(f"{name} changed (sha256 {old[name][:12]}... -> {new[name][:12]}...)")
+    for key, what in (("package_version", "mirage-gym version"), ("physics", "physics")):
+        if stored.get(key) != current.get(key):
+            changes.append(f"{what} {stored.get(key)!r} -> {current.get(key)!r}")
+    return changes
+
+
+def _check_same_model(writer: DatasetWriter, identity: dict[str, Any]) -> None:
+    """``ValueError`` saying what changed, when the dataset was collected with another model than ``identity``."""
+    if writer.metadata is None:
+        return  # a new dataset: start() records the identity
+    stored = writer.metadata.get("mirage_gym", {}).get(_MODEL_KEY)
+    if stored is None:
+        warnings.warn(f"dataset {writer.dataset_id} was collected before mirage-gym recorded the generator's weights: "
+                      "cannot check that it is continued with the same model", stacklevel=3)
+        return
+    changes = _model_changes(stored, identity)
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise ValueError(f"dataset {writer.dataset_id} was collected with another model ({shown}); its episodes "
+                         "would mix two models. Continue it with the model it was started with, or choose another "
+                         "dataset id")
 
 
 def _write_all(writer: DatasetWriter, episodes: Iterator[Episode], target: int, progress: bool
@@ -249,7 +357,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="MirageRoom-v0", choices=ENV_IDS)
     parser.add_argument("--episodes", type=int, required=True, help="episodes the dataset should hold")
     parser.add_argument("--num-envs", type=int, default=8, help="sub-envs of each batched vector env")
-    parser.add_argument("--policy", default="random", help="'random' or a stable-baselines3 PPO .zip")
+    parser.add_argument("--policy", default="random",
+                        help="'random' or a stable-baselines3 PPO .zip. A .zip policy is a pickle: loading it runs "
+                             "the code inside, so use only files from a trusted source (ones you trained yourself)")
     parser.add_argument("--out", type=Path, help="Minari datasets folder (default: $MINARI_DATASETS_PATH or "
                         "~/.minari/datasets)")
     parser.add_argument("--dataset-id", help="Minari id, namespace/name-vN (default mirage/{env}-{policy}-v0)")

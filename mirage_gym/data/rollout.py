@@ -90,7 +90,8 @@ class SB3Policy:
     """A stable-baselines3 PPO model acting deterministically on :class:`~mirage_gym.wrappers.ImageObservation`.
 
     Args:
-        model: a PPO ``.zip`` (its path or bytes), as written by ``agents/train_ppo.py``.
+        model: a PPO ``.zip`` (its path or bytes), as written by ``agents/train_ppo.py``. It holds
+            pickles, which stable-baselines3 runs while loading: trusted files only.
         observation_space: the env's single observation space.
         frames, depth: the image layout the model was trained on; by default read from the
             model's ``"image"`` channels (``frames * (3 + depth)``, depth preferred when both fit).

@@ -25,8 +25,12 @@ Every failure to load names the file and the mismatch.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +129,43 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# mirage_config.json: what each generator setting must be (a check and its description).
+_SETTING_RULES: dict[str, tuple[Any, str]] = {
+    "memory": (lambda v: v in ("latent", "pixel", "none"), "one of 'latent', 'pixel', 'none'"),
+    "num_inference_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "voxel_size": (lambda v: _is_number(v) and v > 0, "a number > 0 (metres)"),
+    "cache_capacity": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (voxels)"),
+    "context_frames": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "cache_guidance": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "rewrite_cached": (lambda v: isinstance(v, bool), "true or false"),
+    "boundary_ratio": (lambda v: v is None or (_is_number(v) and 0.0 < v < 1.0), "null or a number in (0, 1)"),
+    "vae_class": (lambda v: v is None or isinstance(v, str), "a VAE class name"),
+    "base_model": (lambda v: isinstance(v, str) and v != "", "the path of the Wan2.2 base folder"),
+    "lora_weights": (lambda v: isinstance(v, dict) and all(k in ("transformer", "transformer_2") and isinstance(f, str)
+                                                           and f != "" and "/" not in f and "\\" not in f
+                                                           for k, f in v.items()),
+                     "an object mapping 'transformer'/'transformer_2' to a file name in the folder"),
+    "base_transformer": (lambda v: isinstance(v, dict) and all(k in ("transformer", "transformer_2")
+                                                               and isinstance(x, dict) for k, x in v.items()),
+                         "an object mapping 'transformer'/'transformer_2' to its config entries"),
+}
+
+
+def check_mirage_config(config: dict[str, Any], path: Path) -> None:
+    """``ValueError`` naming ``path``, the key and what was expected, for a bad value in a ``mirage_config.json``."""
+    for key, (ok, expected) in _SETTING_RULES.items():
+        if key in config and not ok(config[key]):
+            raise ValueError(f"{path}: {key!r} must be {expected}, got {_describe(config[key])}")
+
+
 def _check_safetensors(path: Path) -> None:
     """Fail early, naming the file, when a safetensors file is missing or corrupt."""
     if not path.is_file():
@@ -144,25 +185,123 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, list, dict, type(None))) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _expected_kind(default: Any) -> tuple[str, Any] | None:
+    """What a config value must be, judged by the constructor's default: (description, check) or None (anything)."""
+    if isinstance(default, bool):
+        return "true or false", lambda v: isinstance(v, bool)
+    if isinstance(default, int):
+        return "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(default, float):
+        return "a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(default, str):
+        return "a string", lambda v: isinstance(v, str)
+    if isinstance(default, (tuple, list)):
+        return "a list", lambda v: isinstance(v, (list, tuple))
+    if isinstance(default, dict):
+        return "an object", lambda v: isinstance(v, dict)
+    return None
+
+
+def check_config_types(cls: type, config: dict[str, Any], path: Path) -> None:
+    """``ValueError`` naming ``path``, the key and what was expected, for a config value of the wrong type.
+
+    The expected type of each key is that of the default of the same-named argument of
+    ``cls.__init__`` (keys without a default, with a ``None`` default, or set to ``null`` are not checked).
+    """
+    try:
+        parameters = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in config.items():
+        param = parameters.get(key)
+        if key.startswith("_") or value is None or param is None or param.default in (inspect.Parameter.empty, None):
+            continue
+        kind = _expected_kind(param.default)
+        if kind is not None and not kind[1](value):
+            raise ValueError(f"{path}: {key!r} must be {kind[0]} (as {_describe(param.default)}), "
+                             f"got {_describe(value)}")
+
+
+def _safetensors_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                shapes[key] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
+def _check_weights_fit_config(cls: type, folder: Path, config: dict[str, Any], files: list[Path]) -> None:
+    """``ValueError`` naming the files and the first mismatching keys, unless the weights are the config's model.
+
+    The model is built from ``config.json`` on the meta device (no memory), and its parameter
+    names and shapes are compared with the safetensors headers: a missing tensor, an extra one
+    (one more or one less layer, another component's weights) or another shape is refused here,
+    instead of failing deep inside diffusers (``Cannot copy out of meta tensor``).
+    """
+    config_file = folder / "config.json"
+    check_config_types(cls, config, config_file)
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = cls.from_config(config)
+    except Exception as err:  # noqa: BLE001 -- any constructor error is the config's fault
+        raise ValueError(f"{config_file}: cannot build a {cls.__name__} from it: {type(err).__name__}: {err}") from err
+    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    actual = _safetensors_shapes(files)
+    ignored = [re.compile(p) for p in (getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    missing = sorted(k for k in expected if k not in actual)
+    extra = sorted(k for k in actual if k not in expected and not any(p.search(k) for p in ignored))
+    shapes = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+    if not (missing or extra or shapes):
+        return
+    weights = ", ".join(str(f) for f in files)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) the config needs are not in the weights (e.g. {missing[:3]})")
+    if extra:
+        problems.append(f"{len(extra)} tensor(s) in the weights are not in the config's model (e.g. {extra[:3]})")
+    if shapes:
+        problems.append("; ".join(f"{k} is {list(actual[k])} in the weights, {list(expected[k])} by the config"
+                                  for k in shapes[:3]))
+    hint = ""
+    if missing and extra and len(set(actual) & set(expected)) < len(expected) / 2:
+        hint = " (these look like another component's weights)"
+    raise ValueError(f"{config_file} does not match {weights}: {'; '.join(problems)}{hint}; expected the "
+                     f"{cls.__name__} that config describes ({len(expected)} tensors)")
+
+
 def _load_model(cls: type, folder: Path, **kwargs: Any):
     """``cls.from_pretrained(folder)`` with errors that name the folder and the file."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is missing")
-    _read_json(folder / "config.json")
-    for file in _weight_files(folder):
+    config = _read_json(folder / "config.json")
+    files = _weight_files(folder)
+    for file in files:
         _check_safetensors(file)
+    _check_weights_fit_config(cls, folder, config, files)
     try:
         return cls.from_pretrained(str(folder), use_safetensors=True, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, NotImplementedError) as err:
         raise ValueError(f"could not load {cls.__name__} from {folder}: {err}") from err
 
 
 def _load_scheduler(folder: Path):
-    config = _read_json(folder / "scheduler_config.json")
+    path = folder / "scheduler_config.json"
+    config = _read_json(path)
     name = config.get("_class_name")
-    if name not in _SCHEDULERS:
-        raise ValueError(f"{folder / 'scheduler_config.json'}: scheduler {name!r} is not one of {sorted(_SCHEDULERS)}")
-    return _SCHEDULERS[name].from_pretrained(str(folder))
+    if not isinstance(name, str) or name not in _SCHEDULERS:
+        raise ValueError(f"{path}: scheduler {_describe(name)} is not one of {sorted(_SCHEDULERS)}")
+    check_config_types(_SCHEDULERS[name], config, path)
+    try:
+        return _SCHEDULERS[name].from_pretrained(str(folder))
+    except Exception as err:  # noqa: BLE001 -- a config diffusers cannot use
+        raise ValueError(f"{path}: cannot build a {name} from it: {type(err).__name__}: {err}") from err
 
 
 def _load_vae(folder: Path, class_name: str | None, source: Path) -> VideoVAE:
@@ -285,6 +424,7 @@ def load_components(
 
     if (folder / MIRAGE_CONFIG).is_file():
         config = _read_json(folder / MIRAGE_CONFIG)
+        check_mirage_config(config, folder / MIRAGE_CONFIG)
         fmt = config.get("format")
         if fmt == FORMAT_LORA:
             if lora is not None:
@@ -329,6 +469,10 @@ def _load_mirage_full(folder: Path, config: dict[str, Any], torch_dtype: torch.d
     for model in transformers:
         if model is not None:
             _check_channels(model, vae, folder)
+    if (transformers[1] is not None) != (config.get("boundary_ratio") is not None):
+        raise ValueError(f"{folder / MIRAGE_CONFIG}: 'boundary_ratio' must be set exactly when the folder has "
+                         f"transformer_2/ (it has{'' if transformers[1] is not None else ' no'} transformer_2/, "
+                         f"boundary_ratio is {_describe(config.get('boundary_ratio'))})")
     return LoadedComponents(
         transformer=transformers[0],
         transformer_2=transformers[1],
@@ -396,6 +540,7 @@ def _load_wan(folder: Path, torch_dtype: torch.dtype) -> LoadedComponents:
 def _apply_lora_folder(components: LoadedComponents, folder: Path) -> None:
     """Load a Mirage LoRA folder onto a Wan2.2 base: check everything first, then apply."""
     config = _read_json(folder / MIRAGE_CONFIG)
+    check_mirage_config(config, folder / MIRAGE_CONFIG)
     if config.get("format") != FORMAT_LORA:
         raise ValueError(f"{folder / MIRAGE_CONFIG}: not a Mirage LoRA folder (format {config.get('format')!r})")
     experts = {"transformer": components.transformer, "transformer_2": components.transformer_2}
@@ -474,7 +619,8 @@ def encode_prompt(
             raise ValueError(f"{folder} has no {name}: pass prompt_embeds instead of a prompt")
     try:
         pipe = WanPipeline.from_pretrained(
-            str(folder), transformer=None, transformer_2=None, vae=None, dtype=torch_dtype or torch.float32
+            str(folder), transformer=None, transformer_2=None, vae=None, dtype=torch_dtype or torch.float32,
+            use_safetensors=True,  # never a pickled (.bin) text encoder
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"could not load the text encoder of {folder}: {err}") from err

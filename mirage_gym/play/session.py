@@ -10,7 +10,9 @@ and a lock makes them run one at a time whatever thread calls them.
 
 from __future__ import annotations
 
+import io
 import math
+import struct
 import tempfile
 import threading
 from collections import deque
@@ -24,15 +26,22 @@ import torch
 
 from mirage_gym import geometry
 from mirage_gym.envs import MirageRoomEnv
+from mirage_gym.envs.actions import to_motion
 from mirage_gym.memory import LatentCache
 from mirage_gym.model.generator import MEMORY_MODES
 from mirage_gym.play.latent_rgb import LatentColorProbe, calibration_colors
 from mirage_gym.play.topdown import TopDownMap
 from mirage_gym.video import colorize_depth, side_by_side, write_video
 
-__all__ = ["MAX_UPLOAD_BYTES", "PlaySession", "Update", "decode_start_image"]
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_UPLOAD_BYTES", "PlaySession", "Update", "decode_start_image", "image_header"]
 
 MAX_UPLOAD_BYTES = 10 * 2**20
+# A decoded image takes 3 bytes a pixel: 36 megapixels (an 8K frame, a 6000x6000 photo) is ~110 MB.
+MAX_IMAGE_PIXELS = 36_000_000
+MAX_CONCURRENT_DECODES = 2
+_DECODES = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
+_DECODE_WAIT = 30.0  # seconds an upload waits for a decode slot
+_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF")  # MPO: a camera JPEG with a preview
 SEED_LIMIT = 2**31  # seeds are in [0, SEED_LIMIT)
 _MAP_POINTS = 500_000  # at most this many memory points are drawn on the map (the pixel memory grows without bound)
 _ORACLE_MAP_CELL = 0.05  # metres per map square in oracle mode (no memory, no voxel size)
@@ -83,21 +92,62 @@ def too_large_message(size: int, limit: int) -> str:
     return f"the image file is too large ({size / 2**20:.1f} MiB); the limit is {limit / 2**20:g} MiB"
 
 
-def decode_start_image(data: bytes, resolution: int, max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+def image_header(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) as the file's header declares them, read without decoding the pixels.
+
+    ``ValueError`` for a file that is not a PNG, JPEG, WebP, BMP or TIFF image.
+    """
+    from PIL import Image
+
+    Image.init()
+    prefix = data[:16]
+    for name in _FORMATS:
+        # Pillow's own opener for the format, as Image.open uses it, without Image.open's decompression-bomb
+        # check (it raises for huge images without saying their size; this function reports the size).
+        factory, accept = Image.OPEN.get(name, (None, None))
+        if factory is None or (accept is not None and not accept(prefix)):
+            continue
+        try:
+            with factory(io.BytesIO(data), "") as image:  # parses the header only
+                return str(image.format or name), int(image.width), int(image.height)
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError):
+            continue
+    raise ValueError("the uploaded file is not an image that can be read (use PNG, JPEG, BMP, WebP or TIFF)")
+
+
+def decode_start_image(data: bytes, resolution: int, max_bytes: int = MAX_UPLOAD_BYTES,
+                       max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """An uploaded file -> a start image ``[resolution, resolution, 3]`` uint8 RGB.
 
     The image is centre-cropped to a square and resized (area interpolation) to the env's
-    resolution. ``ValueError`` for an empty file, one over ``max_bytes``, or one that is not an
-    image OpenCV can read.
+    resolution. ``ValueError`` naming the problem for an empty file, one over ``max_bytes``,
+    one that is not an image OpenCV can read, and one whose header declares more than
+    ``max_pixels`` pixels: that is refused before decoding (a small file can declare a huge
+    image: a decompression bomb). At most :data:`MAX_CONCURRENT_DECODES` decodes run at once.
     """
     if not data:
         raise ValueError("the uploaded file is empty")
     if len(data) > max_bytes:
         raise ValueError(too_large_message(len(data), max_bytes))
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    kind, w, h = image_header(data)
+    if w < 1 or h < 1:
+        raise ValueError(f"the {kind} image declares a size of {w}x{h} pixels")
+    if w * h > max_pixels:
+        raise ValueError(f"the {kind} image is too large: its header declares {w}x{h} pixels "
+                         f"({w * h / 1e6:.1f} megapixels); the limit is {max_pixels / 1e6:g} megapixels")
+    if not _DECODES.acquire(timeout=_DECODE_WAIT):
+        raise ValueError("the server is busy decoding other images; try again")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    finally:
+        _DECODES.release()
     if image is None:
-        raise ValueError("the uploaded file is not an image that can be read (use PNG, JPEG, BMP, WebP or TIFF)")
+        raise ValueError(f"the uploaded {kind} image could not be decoded (damaged or unsupported)")
     h, w = image.shape[:2]
+    if h * w > max_pixels:  # the decoder read another size than the header said
+        raise ValueError(f"the {kind} image decodes to {w}x{h} pixels; the limit is {max_pixels / 1e6:g} megapixels")
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     square = image[top : top + side, left : left + side]
@@ -113,13 +163,8 @@ def _check_seed(seed: object) -> int:
 
 
 def _check_action(action: object) -> np.ndarray:
-    try:
-        values = np.asarray(action, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError(f"action must be 4 numbers (forward, right, yaw, pitch), got {action!r}") from None
-    if values.shape != (4,) or not np.isfinite(values).all() or np.abs(values).max() > 1.0:
-        raise ValueError(f"action must be 4 finite numbers in [-1, 1] (forward, right, yaw, pitch), got {action!r}")
-    return values
+    """The env's own validation (:func:`~mirage_gym.envs.actions.to_motion`): what the env accepts, nothing else."""
+    return to_motion(action, "continuous")[0]
 
 
 class PlaySession:

@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=0.1, help="cross-chunk check: depth tolerance")
     parser.add_argument("--radius", type=int, default=1, help="cross-chunk check: neighbourhood radius, pixels")
     parser.add_argument("--votes", type=int, default=1, help="cross-chunk check: frames that must see through")
+    parser.add_argument("--no-align", action="store_true", help="cross-chunk check: no per-frame depth scale alignment")
 
 
 def _scores(pred: torch.Tensor, gt: torch.Tensor, gt_majority: torch.Tensor, scored: torch.Tensor) -> dict[str, float]:
@@ -123,11 +124,13 @@ def run_cross_chunk(args: argparse.Namespace) -> list[dict]:
     checks = {
         "in-chunk": TokenFilter(stride=args.stride),
         "+cross-chunk": TokenFilter(stride=args.stride, cross_chunk=True, cross_chunk_tolerance=args.tolerance,
-                                    cross_chunk_radius=args.radius, cross_chunk_votes=args.votes),
+                                    cross_chunk_radius=args.radius, cross_chunk_votes=args.votes,
+                                    cross_chunk_align=not args.no_align),
     }
     chunks = args.frames // args.chunk
     shape = (chunks, args.chunk, args.size, args.size)
-    print(f"\nmemory along the walks (tolerance {args.tolerance}, radius {args.radius} px, votes {args.votes}); "
+    print(f"\nmemory along the walks (tolerance {args.tolerance}, radius {args.radius} px, votes {args.votes}, "
+          f"scale alignment {'off' if args.no_align else 'on'}); "
           "dynamic: >= 50% of a token's pixels on a moving object")
     print(f"{'fps':>5} {'noise':>6} {'scale':>6} {'check':>12} {'written/visible':>15} {'in memory':>9} "
           f"{'dyn share':>9} {'at end':>6} {'dropped':>7} {'precision':>9} {'static dropped':>14}")

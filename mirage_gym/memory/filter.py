@@ -131,6 +131,7 @@ class TokenFilter:
         cross_chunk_tolerance: float = 0.1,
         cross_chunk_radius: int = 1,
         cross_chunk_votes: int = 1,
+        cross_chunk_align: bool = True,
     ) -> None:
         if not 0.0 <= min_depth < max_depth:
             raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
@@ -176,6 +177,7 @@ class TokenFilter:
         self.cross_chunk_tolerance = float(cross_chunk_tolerance)
         self.cross_chunk_radius = cross_chunk_radius
         self.cross_chunk_votes = cross_chunk_votes
+        self.cross_chunk_align = bool(cross_chunk_align)
 
     def __call__(
         self, rgb: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, latent_size: tuple[int, int]
@@ -287,6 +289,7 @@ class TokenFilter:
             tolerance=self.cross_chunk_tolerance,
             radius=self.cross_chunk_radius,
             min_votes=self.cross_chunk_votes,
+            align_scale=self.cross_chunk_align,
             min_depth=self.min_depth,
             max_depth=self.max_depth,
             return_cells=True,
@@ -383,6 +386,7 @@ def seen_through(
     radius: int = 1,
     min_depth: float = 0.05,
     max_depth: float = 50.0,
+    align_scale: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Which frames see *through* which world points: the cross-chunk evidence of motion.
 
@@ -396,6 +400,12 @@ def seen_through(
     the background but its window still holds the foreground). No evidence when the point
     is outside the frame, behind it or nearer than ``min_depth``, or when the frame has no
     valid depth (finite, in ``[min_depth, max_depth]``) at its pixel.
+
+    ``align_scale`` first takes out a whole-frame depth scale error, the typical error of a
+    generator's depth head (a frame 5 % too deep would otherwise see through every point
+    with ``tolerance`` below 5 %): ``near`` is multiplied by the frame's median ``z / d`` over
+    the points that roughly agree with it (within 30 %: visible surfaces, not the occluded
+    points behind them), when at least 16 points do.
 
     Returns:
         ``through`` ``[F, P]`` bool and ``cells`` ``[F, P]`` long, the flat pixel index
@@ -420,7 +430,14 @@ def seen_through(
     uv, z = project(points.float(), intrinsics.float().expand(f, 3, 3), cam_to_world.float())
     cells, inside = points_to_cells(uv, z, height, width, near=min_depth)
     flat = cells[..., 0] * width + cells[..., 1]
-    d_seen = valid.view(f, -1).gather(1, flat)
-    d_near = near.view(f, -1).gather(1, flat)
+    d_seen = valid.reshape(f, -1).gather(1, flat)
+    d_near = near.reshape(f, -1).gather(1, flat)
+    if align_scale:
+        d_at = depth.reshape(f, -1).gather(1, flat)
+        ratio = z / torch.where(d_seen, d_at, torch.ones_like(d_at))
+        agree = inside & d_seen & (ratio > 1.0 / 1.3) & (ratio < 1.3)
+        scale = torch.nanmedian(torch.where(agree, ratio, torch.full_like(ratio, float("nan"))), dim=1).values
+        scale = torch.where(agree.sum(dim=1) >= 16, scale, torch.ones_like(scale))
+        d_near = d_near * scale[:, None]
     through = inside & d_seen & torch.isfinite(d_near) & (z < (1.0 - tolerance) * d_near)
     return through, flat

@@ -348,6 +348,7 @@ class LatentCache:
         min_votes: int = 1,
         min_depth: float = 0.05,
         max_depth: float = 50.0,
+        align_scale: bool = True,
         return_cells: bool = False,
     ) -> int | tuple[int, Tensor]:
         """Drop the tokens that new frames see through (:func:`~mirage_gym.memory.seen_through`).
@@ -361,7 +362,7 @@ class LatentCache:
             cam_to_world: ``[N, 4, 4]`` their poses.
             intrinsics: ``[3, 3]`` or ``[N, 3, 3]``, the camera of the ``H x W`` grid.
             scene: ``[N]`` scene ids (``None``: scene 0; an int: that scene for all).
-            tolerance, radius, min_depth, max_depth: of :func:`seen_through`.
+            tolerance, radius, min_depth, max_depth, align_scale: of :func:`seen_through`.
             min_votes: frames (of the same scene) that must see through a token.
             return_cells: also return ``freed`` ``[N, H, W]`` bool, the cells of each frame
                 onto which a dropped token projected (where the frame may now write).
@@ -398,6 +399,7 @@ class LatentCache:
         through, cells = seen_through(
             self._xyz[index], depth, poses, k,
             tolerance=float(tolerance), radius=radius, min_depth=min_depth, max_depth=max_depth,
+            align_scale=align_scale,
         )
         through &= inside
         votes = torch.zeros(len(self), dtype=torch.int32, device=self.device)

@@ -335,11 +335,15 @@ def test_a_moving_box_in_the_house_is_carved_and_the_walls_stay():
 
 def test_a_whole_frame_depth_scale_error_is_aligned_away():
     # A generator's depth head is often off by a scale for a whole frame: 8 % too deep here.
-    cache = LatentCache(2, occlusion_margin=None)
     pose = static_camera(1)
-    _write(cache, _box_scene(True), pose)
+
+    def cache() -> LatentCache:
+        c = LatentCache(2, occlusion_margin=None)
+        _write(c, _box_scene(True), pose)
+        return c
+
     deeper = _box_scene(True) * 1.08
-    assert cache.carve(deeper, pose, K, tolerance=0.05, align_scale=False) == len(cache)  # everything "moved"
-    assert cache.carve(deeper, pose, K, tolerance=0.05) == 0
+    assert cache().carve(deeper, pose, K, tolerance=0.05, align_scale=False) == L * L  # everything "moved"
+    assert cache().carve(deeper, pose, K, tolerance=0.05) == 0
     # Aligned, a box that really left is still seen through.
-    assert cache.carve(_box_scene(False) * 1.08, pose, K, tolerance=0.05) == 16
+    assert cache().carve(_box_scene(False) * 1.08, pose, K, tolerance=0.05) == 16

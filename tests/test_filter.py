@@ -347,3 +347,24 @@ def test_a_whole_frame_depth_scale_error_is_aligned_away():
     assert cache().carve(deeper, pose, K, tolerance=0.05) == 0
     # Aligned, a box that really left is still seen through.
     assert cache().carve(_box_scene(False) * 1.08, pose, K, tolerance=0.05) == 16
+
+
+def test_the_generator_runs_the_cross_chunk_check_before_writing():
+    from tiny_generator import CHUNK, RESOLUTION, build_tiny_generator
+
+    gen = build_tiny_generator()
+    gen.token_filter = TokenFilter(stride=2, cross_chunk=True, cross_chunk_tolerance=0.05)
+    k = intrinsics_from_fov(90.0, RESOLUTION, RESOLUTION)
+    poses = pose_from_position_yaw_pitch(
+        torch.zeros(1 + 2 * CHUNK, 3), torch.linspace(0.0, 0.6, 1 + 2 * CHUNK), torch.zeros(1 + 2 * CHUNK)
+    )
+    gen.start(torch.full((1, RESOLUTION, RESOLUTION, 3), 128, dtype=torch.uint8), poses[:1], k)
+    calls = []
+    carve = gen._store.carve
+    gen._store.carve = lambda *a, **kw: calls.append(len(gen._store)) or carve(*a, **kw)
+    for c in range(2):
+        gen.step(poses[None, 1 + c * CHUNK : 1 + (c + 1) * CHUNK], generator=torch.Generator().manual_seed(c))
+    assert calls and calls[0] > 0  # carved against the tokens the start frame wrote
+    gen.token_filter = TokenFilter(stride=2)  # off: never called
+    gen._store.carve = lambda *a, **kw: (_ for _ in ()).throw(AssertionError("carve called with the check off"))
+    gen.step(poses[None, 1 : 1 + CHUNK], generator=torch.Generator().manual_seed(0))

@@ -39,6 +39,21 @@ change (``mirage-gym bench filter --stride`` measures it), so generators use ``s
 What the rule cannot see: an object that does not move during the chunk (a slow
 object near the end of its path) gives no evidence -- nothing in the chunk tells it
 from furniture. Recall therefore grows with the motion per chunk; see the bench.
+
+Cross-chunk check (``cross_chunk=True``, off by default; :meth:`TokenFilter.carve`,
+:meth:`LatentCache.carve <mirage_gym.memory.LatentCache.carve>`, :func:`seen_through`).
+Before a chunk is written, every cached token of its scene is projected into each of the
+chunk's frames; a frame *sees through* a token when the smallest depth it observed in the
+``(2 cross_chunk_radius + 1)^2`` pixel window around the projection is clearly beyond it,
+``z < (1 - cross_chunk_tolerance) * near`` -- free space where the cache holds a surface,
+so whatever was there has left. Tokens seen through by ``cross_chunk_votes`` frames are
+dropped, and the chunk may write the cells they covered. The window minimum keeps occlusion
+edges (a token one pixel off a silhouette) from voting, and a per-frame depth scale,
+the median ``z / d`` over points that roughly agree, is taken out first
+(``cross_chunk_align``), since a generator's depth is often off by a scale for a whole frame.
+Static surfaces agree with every view and stay; only evidence of free space removes. Tokens
+*arriving* in front of a cached surface are not judged here: from a new viewpoint that is
+also what ordinary parallax looks like.
 """
 
 from __future__ import annotations

@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the memory along each walk, without and with the cross-chunk check")
     parser.add_argument("--scale-noise", type=str, default="0",
                         help="comma-separated per-frame depth scale noise std (with --cross-chunk)")
-    parser.add_argument("--tolerance", type=float, default=0.1, help="cross-chunk check: depth tolerance")
+    parser.add_argument("--tolerance", type=float, default=0.2, help="cross-chunk check: depth tolerance")
     parser.add_argument("--radius", type=int, default=1, help="cross-chunk check: neighbourhood radius, pixels")
-    parser.add_argument("--votes", type=int, default=1, help="cross-chunk check: frames that must see through")
+    parser.add_argument("--votes", type=int, default=2, help="cross-chunk check: frames that must see through")
     parser.add_argument("--no-align", action="store_true", help="cross-chunk check: no per-frame depth scale alignment")
 
 

@@ -9,7 +9,7 @@
   save/load, which the latent cache has).
 """
 
-from mirage_gym.memory.filter import FilterResult, TokenFilter, pool_depth, pool_fraction
+from mirage_gym.memory.filter import FilterResult, TokenFilter, pool_depth, pool_fraction, seen_through
 from mirage_gym.memory.latent_cache import POLICIES, LatentCache
 from mirage_gym.memory.point_cloud import PointCloudMemory
 from mirage_gym.memory.protocols import MemoryStore, PersistentMemoryStore
@@ -24,4 +24,5 @@ __all__ = [
     "FilterResult",
     "pool_depth",
     "pool_fraction",
+    "seen_through",
 ]

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from mirage_gym.geometry import points_to_cells, project
+from mirage_gym.memory.filter import seen_through
 from mirage_gym.memory.checks import check_intrinsics, check_mask, check_poses, check_scenes, check_tensor, lift_valid
 from mirage_gym.memory.voxel_keys import COORD_LIMIT, MAX_SCENES, pack_keys, scene_bounds, voxel_coords
 from mirage_gym.memory.zbuffer import new_zbuffer, occluded_cells, resolve, splat
@@ -85,6 +86,11 @@ class LatentCache:
     ``occlusion_neighbors`` (default 6) of its 8 neighbours hold tokens nearer than
     ``depth / (1 + margin)``: the signature of a hole, never of a silhouette edge (3
     such neighbours, 5 in an inner corner), so the round trip above stays exact.
+
+    **Carving** (:meth:`carve`, the cross-chunk dynamic check). A newly observed frame that
+    sees *through* a cached token -- its depth around the token's pixel is clearly beyond
+    the token -- shows free space where the cache holds a surface: whatever was there has
+    moved away, and the token is dropped. Static surfaces agree with every new view and stay.
 
     **Empty tokens.** Cells whose depth is non-finite or ``<= 0``, or that ``keep``
     rejects, are not written. Non-finite poses or intrinsics are errors.
@@ -328,6 +334,85 @@ class LatentCache:
         keep = torch.ones(len(self), dtype=torch.bool, device=self.device)
         keep[evicted] = False
         self._select(keep)
+
+    # ------------------------------------------------------------------ carve
+    def carve(
+        self,
+        depth: Tensor,
+        cam_to_world: Tensor,
+        intrinsics: Tensor,
+        scene: Tensor | int | None = None,
+        *,
+        tolerance: float = 0.1,
+        radius: int = 1,
+        min_votes: int = 1,
+        min_depth: float = 0.05,
+        max_depth: float = 50.0,
+        align_scale: bool = True,
+        return_cells: bool = False,
+    ) -> int | tuple[int, Tensor]:
+        """Drop the tokens that new frames see through (:func:`~mirage_gym.memory.seen_through`).
+
+        Every token of a frame's scene is projected into the frame; a token goes when at least
+        ``min_votes`` frames of its scene observed free space where it is: depth beyond
+        ``z / (1 - tolerance)`` over the whole ``(2 radius + 1)^2`` window around its projection. Call it with a chunk's frames *before* writing them.
+
+        Args:
+            depth: ``[N, H, W]`` metric depth of the new frames (any grid: pixels or tokens).
+            cam_to_world: ``[N, 4, 4]`` their poses.
+            intrinsics: ``[3, 3]`` or ``[N, 3, 3]``, the camera of the ``H x W`` grid.
+            scene: ``[N]`` scene ids (``None``: scene 0; an int: that scene for all).
+            tolerance, radius, min_depth, max_depth, align_scale: of :func:`seen_through`.
+            min_votes: frames (of the same scene) that must see through a token.
+            return_cells: also return ``freed`` ``[N, H, W]`` bool, the cells of each frame
+                onto which a dropped token projected (where the frame may now write).
+
+        Returns:
+            the number of tokens dropped (and ``freed`` with ``return_cells``).
+        """
+        depth = check_tensor("depth", depth, 3)
+        if not depth.is_floating_point():
+            raise ValueError(f"depth must be floating point, got {depth.dtype}")
+        n, height, width = depth.shape
+        poses = check_poses("cam_to_world", cam_to_world, n).to(self.device)
+        k = check_intrinsics("intrinsics", intrinsics, n).to(self.device)
+        scene_ids = check_scenes("scene", scene, n, self.num_scenes, self.device)
+        if not isinstance(min_votes, int) or isinstance(min_votes, bool) or min_votes < 1:
+            raise ValueError(f"min_votes must be a positive int, got {min_votes!r}")
+        if not 0.0 <= float(tolerance) < 1.0:
+            raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
+        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+            raise ValueError(f"radius must be a non-negative int, got {radius!r}")
+        if not 0.0 <= min_depth < max_depth:
+            raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
+        depth = depth.to(self.device).float()
+
+        freed = torch.zeros(n, height, width, dtype=torch.bool, device=self.device)
+        starts, ends = scene_bounds(self._keys, scene_ids)
+        longest = int((ends - starts).max()) if n else 0
+        if longest == 0:
+            return (0, freed) if return_cells else 0
+        # Each frame against its scene's tokens, padded to the longest scene: one batched projection.
+        span = torch.arange(longest, device=self.device)
+        inside = span[None, :] < (ends - starts)[:, None]
+        index = torch.where(inside, starts[:, None] + span[None, :], torch.zeros_like(span)[None, :])
+        through, cells = seen_through(
+            self._xyz[index], depth, poses, k,
+            tolerance=float(tolerance), radius=radius, min_depth=min_depth, max_depth=max_depth,
+            align_scale=align_scale,
+        )
+        through &= inside
+        votes = torch.zeros(len(self), dtype=torch.int32, device=self.device)
+        votes.index_add_(0, index[through], torch.ones_like(index[through], dtype=torch.int32))
+        drop = votes >= min_votes
+        removed = int(drop.sum())
+        if removed:
+            if return_cells:
+                hit = through & drop[index]
+                frame = torch.arange(n, device=self.device)[:, None].expand_as(hit)
+                freed.view(n, -1)[frame[hit], cells[hit]] = True
+            self._select(~drop)
+        return (removed, freed) if return_cells else removed
 
     # ------------------------------------------------------------------- read
     def read(

@@ -145,7 +145,9 @@ class MirageGenerator(nn.Module):
             around. (The pixel baseline always appends every frame, as the published methods do.)
         token_filter: decides which generated tokens are written back (default
             ``TokenFilter(stride=2)``: 10x cheaper than every pixel, at some recall on moving objects;
-            see ``mirage-gym bench filter --stride``).
+            see ``mirage-gym bench filter --stride``). With ``cross_chunk=True`` it also drops, before
+            each write to the latent cache, the cached tokens the new chunk sees through
+            (:meth:`TokenFilter.carve`); cells freed that way are written even without ``rewrite_cached``.
         prompt_embeds: ``[L, text_dim]`` or ``[1 or B, L, text_dim]`` precomputed text
             embeddings; ``None`` gives the fixed empty (zero) prompt.
     """
@@ -668,8 +670,13 @@ class MirageGenerator(nn.Module):
         pixel_depth = latent_pixel_depth[:, owner]
         timer.lap("decode")
         keep = self.token_filter(rgb, pixel_depth, cam_to_world, self._intrinsics, latent_size=(h, w))
+        freed = None
+        if self.memory == "latent" and getattr(self.token_filter, "cross_chunk", False):
+            # Cross-chunk check: cached tokens this chunk sees through have moved away; drop them.
+            freed = self.token_filter.carve(self._store, pixel_depth, cam_to_world, self._intrinsics, (h, w))
         if not self.rewrite_cached and self.memory == "latent":  # the pixel baseline appends every frame, as published
-            keep = keep & ~mask[:, owner]
+            cached = mask[:, owner] if freed is None else mask[:, owner] & ~freed
+            keep = keep & ~cached
         timer.lap("filter")
         self._write(latents, token_depth, rgb, pixel_depth, cam_to_world, keep, torch.arange(b, device=self.device))
         timer.lap("write")

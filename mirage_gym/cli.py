@@ -16,10 +16,11 @@ from collections.abc import Sequence
 # can be both (``eval`` runs itself, ``eval rl`` its sub-subcommand).
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "mirage_gym.demo", "roll out a scene and write a video (the README's first command)"),
-    (("train", "all"), "mirage_gym.training.pipeline", "every stage of a model in one resumable command (vae, generator, depth) -> OUT/model"),
+    (("train", "all"), "mirage_gym.training.pipeline", "every stage of a model in one resumable command (vae, generator, self-forcing, depth) -> OUT/model"),
     (("train", "vae"), "mirage_gym.training.vae_stage", "stage 1: train the autoencoder and depth head on ground-truth renders"),
     (("train", "depth"), "mirage_gym.training.depth_stage", "stage 1b: train the depth head alone on the frozen stage-1 latents"),
     (("train", "generator"), "mirage_gym.training.generator_stage", "stage 2: train the widened Wan transformer (flow matching over the cache)"),
+    (("train", "self-forcing"), "mirage_gym.training.rollout_stage", "fine-tune a stage-2 model on its own multi-chunk rollouts (self-forcing)"),
     (("train", "lora"), "mirage_gym.training.lora_stage", "LoRA-tune a real Wan2.2 folder (with the widening and a depth head) on the rooms"),
     (("bench", "memory"), "mirage_gym.bench.memory", "LatentCache vs PointCloudMemory: time per chunk and bytes held"),
     (("bench", "render"), "mirage_gym.bench.render", "ground-truth renderer throughput (frames/s)"),

@@ -6,7 +6,7 @@ schema for every model, the CPU default and a Wan2.2 LoRA alike::
     {"name": ..., "description": ...,
      "model":    {resolution, fov_deg, chunk_frames, context_frames, vae, depth_head, transformer, lora,
                   sampling, memory},          # the architecture: what a trained folder is
-     "training": {data, vae, depth, generator, lora_depth, lora}}   # how each stage trains it
+     "training": {data, vae, depth, generator, self_forcing, lora_depth, lora}}   # how each stage trains it
 
 ``model`` is what :func:`build_generator` builds; ``training`` holds one section per stage
 (absent: the config does not train that stage). Every field is documented on its dataclass
@@ -56,6 +56,7 @@ __all__ = [
     "DepthTraining",
     "FlowMatchingTraining",
     "GeneratorTraining",
+    "SelfForcingTraining",
     "LoraDepthTraining",
     "LoraTraining",
     "TrainingConfig",
@@ -214,9 +215,48 @@ class FlowMatchingTraining(StageTraining):
 
 @dataclass(frozen=True)
 class GeneratorTraining(FlowMatchingTraining):
-    """Stage 2: the transformer, flow matching over the cache."""
+    """Stage 2: the transformer, flow matching over the cache.
+
+    ``context_noise`` (inherited) is the std of Gaussian noise added to the clean context latents
+    of every training example (ground-truth encodings): at inference the context is the model's
+    own previous chunk, never a clean encoding, so the model learns to take its history as
+    imperfect. The context keeps timestep 0 (the sampler gives it 0 too).
+
+    The depth loss (``depth_weight > 0``) puts the transformer's predicted clean latents
+    ``x0_hat = x_s - s * v_hat`` through the frozen depth head and scores the token depth against
+    the ground truth rendered at the latent cells (log-L1, :func:`~mirage_gym.training.depth_stage.depth_loss`),
+    so what the transformer paints where nothing is cached carries geometry. Gradients reach the
+    transformer only; the head is frozen.
+    """
 
     clip_frames: int = 16  # frames per encoded training clip
+    # Weight of the depth loss on x0_hat (0: none, the flow-matching loss alone; stage 2 as before it existed).
+    depth_weight: float = 0.0
+    # The depth loss of an example with noise level s is weighted (1 - s) ** depth_sigma_power (0: the same at
+    # every level). At high noise x0_hat is the posterior mean, a blur over every plausible chunk: its depth through
+    # a head trained on sharp encodings means little, and d x0_hat / d v = -s makes its gradient largest there.
+    depth_sigma_power: float = 1.0
+
+
+@dataclass(frozen=True)
+class SelfForcingTraining(StageTraining):
+    """The self-forcing fine-tune: the transformer on its own multi-chunk rollouts.
+
+    Each example is a clip started from its first frame (``MirageGenerator.start``); the sampler
+    generates ``r - 1`` chunks (no gradient), reading and writing its latent cache exactly as at
+    inference, and the flow-matching loss is scored on chunk ``r`` against the clip's encoded
+    ground truth, conditioned on the model's own context and cache (``r`` drawn in
+    ``[2, rollout_chunks]`` per step). Errors the model makes in its history become part of
+    what it learns to continue from, so they do not compound over a trajectory.
+    """
+
+    num_clips: int = 256  # training clips, encoded once (with their start image)
+    val_clips: int = 32  # validation clips (houses in VALIDATION_ROOM_SEEDS)
+    clip_frames: int = 13  # frames per clip: the start frame, then chunks; >= 1 + rollout_chunks * chunk_frames
+    rollout_chunks: int = 2  # most chunks of a rollout, the scored one included (>= 2)
+    rollout_steps: int | None = None  # denoising steps per generated chunk (None: the model's sampling steps)
+    depth_weight: float = 0.0  # as GeneratorTraining.depth_weight, on the scored chunk
+    depth_sigma_power: float = 1.0  # as GeneratorTraining.depth_sigma_power
 
 
 @dataclass(frozen=True)
@@ -243,6 +283,7 @@ class TrainingConfig:
     vae: VaeTraining | None = None
     depth: DepthTraining | None = None
     generator: GeneratorTraining | None = None
+    self_forcing: SelfForcingTraining | None = None  # after stage 2, before the depth stage's generated pass
     lora_depth: LoraDepthTraining | None = None
     lora: LoraTraining | None = None
 
@@ -391,6 +432,22 @@ def _check(config: Config, source: str) -> None:
         if model.lora.patch_embedding not in ("extra", "all"):
             raise ValueError(f"{source}: model.lora.patch_embedding must be 'extra' or 'all', "
                              f"got {model.lora.patch_embedding!r}")
+    for name in ("generator", "self_forcing"):
+        section = getattr(training, name)
+        if section is not None and section.depth_weight < 0:
+            raise ValueError(f"{source}: training.{name}.depth_weight must be >= 0, got {section.depth_weight}")
+    if training.self_forcing is not None:
+        sf = training.self_forcing
+        for key in ("num_clips", "val_clips", "clip_frames"):
+            positive(getattr(sf, key), f"training.self_forcing.{key}")
+        if sf.rollout_chunks < 2:
+            raise ValueError(f"{source}: training.self_forcing.rollout_chunks must be >= 2 (the scored chunk needs a "
+                             f"generated one before it), got {sf.rollout_chunks}")
+        if sf.rollout_steps is not None:
+            positive(sf.rollout_steps, "training.self_forcing.rollout_steps")
+        if sf.clip_frames < 1 + sf.rollout_chunks * model.chunk_frames:
+            raise ValueError(f"{source}: training.self_forcing.clip_frames must be >= 1 + rollout_chunks x "
+                             f"model.chunk_frames = {1 + sf.rollout_chunks * model.chunk_frames}, got {sf.clip_frames}")
     if training.lora is not None:
         for key in ("num_clips", "val_clips", "chunks_per_clip", "clips_per_shard"):
             positive(getattr(training.lora, key), f"training.lora.{key}")

@@ -305,9 +305,13 @@ def test_train_all_runs_every_stage_and_assembles_the_model(tmp_path, config):
     head = DepthHead.from_pretrained(tmp_path / "depth" / "depth_head")
     for key, value in head.state_dict().items():
         assert torch.equal(gen.depth_head.state_dict()[key], value), key
-    for stage in ("vae", "generator", "depth"):
+    for stage in ("vae", "generator", "self_forcing", "depth"):
         saved = torch.load(tmp_path / stage / CHECKPOINT, weights_only=True)
         assert saved["train_state"]["step"] == config.stage(stage).steps, stage
+    # Its transformer is the self-forcing fine-tune's, the last to train it.
+    tuned = load_tensors(tmp_path / "self_forcing" / CHECKPOINT)["modules"]["transformer"]
+    for key, value in gen.transformer.state_dict().items():
+        assert torch.equal(value, tuned[key]), key
     # Run again: nothing is trained twice, and the model folder is whole again.
     before = torch.load(tmp_path / "generator" / CHECKPOINT, weights_only=True)["train_state"]["wall_time"]
     assert main(["train", "all", "--config", str(TINY), "--out", str(tmp_path)]) == 0
@@ -409,3 +413,207 @@ def test_a_planted_frame_cache_is_refused_unread(tmp_path, config, stage1):
     with pytest.raises(ValueError, match=f"{out / FRAMES_FILE} is not a plain checkpoint"):
         train_depth(config, stage1, out, progress=False)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------- stage 2's depth loss, self-forcing
+# (issue 16, items 2 and 3)
+
+import hashlib
+
+from mirage_gym.training.generator_stage import ChunkBatch, generator_loss, predict_clean
+
+# The transformer of `train_generator` on the tiny config over `random_stage1`, recorded with the code
+# before the depth loss existed (commit af204fb). With depth_weight 0 stage 2 must stay this run, bit for
+# bit. The stage-1 folder is built from seeded random parts (not trained), so changes to stage 1's
+# training do not move it; a deliberate change of the clips (renderer, token filter, cache) or of
+# stage 2 does: then re-record it with `stage2_digest` and say why in the commit.
+STAGE2_BEFORE_DEPTH_LOSS = "05bec24203980497fd4a945db83e2468b016c5477f2dde6a113f1e0c14b6c33b"
+
+
+def random_stage1(folder: Path, config: Config) -> Path:
+    """A stage-1 export from seeded random parts of ``config`` (no training)."""
+    from mirage_gym.model.vae import build_autoencoder
+
+    torch.manual_seed(5)
+    vae = build_autoencoder(**dataclasses.asdict(config.model.vae))
+    vae.register_to_config(shift_factor=0.0, scaling_factor=0.5)
+    vae.save_pretrained(folder / "vae")
+    DepthHead(latent_channels=config.model.vae.latent_channels, spatial_factor=8,
+              **dataclasses.asdict(config.model.depth_head)).save_pretrained(folder / "depth_head")
+    return folder
+
+
+def stage2_digest(out: Path) -> str:
+    """sha256 of the transformer in a stage-2 run folder's checkpoint (sorted keys, raw bytes)."""
+    state = load_tensors(out / CHECKPOINT)["modules"]["transformer"]
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_stage2_without_depth_loss_is_the_run_it_was(tmp_path, config):
+    assert config.training.generator.depth_weight == 0.0
+    stage1 = random_stage1(tmp_path / "stage1", config)
+    train_generator(config, tmp_path / "stage2", stage1, progress=False)
+    assert stage2_digest(tmp_path / "stage2") == STAGE2_BEFORE_DEPTH_LOSS
+    # The clips now keep ground-truth token depth (what the depth loss scores against).
+    clips = LatentClips(tmp_path / "stage2" / "clips")
+    assert clips.gt_token_depth is not None and clips.gt_token_depth.shape == clips.token_depth.shape
+    assert (clips.gt_token_depth > 0).all() and clips.start_rgb is None
+
+
+def test_predicted_clean_latents_follow_the_flow_convention():
+    x0, noise = torch.randn(2, 4, 2, 4, 4), torch.randn(2, 4, 2, 4, 4)
+    sigmas = torch.tensor([0.3, 0.9])
+    s = sigmas.view(2, 1, 1, 1, 1)
+    noisy = (1 - s) * x0 + s * noise  # what flow_matching_loss noises, and the flow it targets:
+    assert torch.allclose(predict_clean(noisy, noise - x0, sigmas), x0, atol=1e-6)
+
+
+def _depth_batch(stage2: Path) -> tuple[ChunkBatch, torch.Tensor]:
+    clips = LatentClips(stage2 / "clips")
+    index = clips.indices(2, torch.Generator().manual_seed(0))
+    latents, depth, keep, poses = clips.take(index)
+    latent_k = scale_intrinsics(clips.intrinsics, 1 / 8)
+    batch = make_chunk_batch(latents, depth, keep, poses, latent_k, context_frames=1, chunk=2, voxel_size=0.1,
+                             cache_dropout=0.0, history_keep=(1.0, 1.0), context_noise=0.05,
+                             rng=torch.Generator().manual_seed(1), gt_token_depth=clips.ground_truth_depth(index))
+    return batch, latent_k
+
+
+def test_depth_loss_moves_the_transformer_not_the_head(stage2, config):
+    from mirage_gym.training.generator_stage import frozen_head
+
+    batch, latent_k = _depth_batch(stage2)
+    assert batch.target_depth.shape == (2, 2, 4, 4)
+    head = frozen_head(DepthHead.from_pretrained(stage2 / "model" / "depth_head"))
+    head_before = {k: v.clone() for k, v in head.state_dict().items()}
+    torch.manual_seed(0)
+    transformer = build_transformer(4, **dataclasses.asdict(config.model.transformer))
+    gen = torch.Generator().manual_seed(2)
+    sigmas, noise = torch.tensor([0.2, 0.5]), torch.randn(batch.target.shape, generator=gen)
+
+    def grads(weight: float) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        transformer.zero_grad(set_to_none=True)
+        loss, stats = generator_loss(transformer, batch, latent_k, sigmas, noise, 1000, depth_head=head,
+                                     depth_weight=weight)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in transformer.named_parameters() if p.grad is not None}, stats
+
+    plain, plain_stats = grads(0.0)
+    with_depth, stats = grads(1.0)
+    assert set(plain_stats) == {"loss"} and stats["depth"] > 0
+    assert stats["loss"] == pytest.approx(stats["flow"] + stats["depth"], rel=1e-5)
+    assert stats["flow"] == pytest.approx(plain_stats["loss"], rel=1e-6)
+    assert any(not torch.allclose(plain[n], with_depth[n]) for n in plain), "the depth loss must reach the transformer"
+    assert all(p.grad is None for p in head.parameters()), "the depth head is frozen"
+    # At zero weight the loss is flow_matching_loss, bit for bit.
+    with torch.no_grad():
+        assert plain_stats["loss"] == flow_matching_loss(transformer, batch, latent_k, sigmas, noise, 1000).item()
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-2)
+    optimizer.step()
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, head_before[key]), key
+
+
+def test_stage2_with_depth_loss_trains_and_ships_the_head_unchanged(tmp_path, config, stage1):
+    config = with_training(config, "generator", depth_weight=1.0)
+    stats = train_generator(config, tmp_path, stage1, steps=2, progress=False)
+    assert stats["train/depth"] > 0 and "val/depth" in stats
+    exported = MirageGenerator.from_pretrained(tmp_path / "model").depth_head
+    _, head = load_stage1(stage1, torch.device("cpu"))
+    for key, value in head.state_dict().items():
+        assert torch.equal(exported.state_dict()[key], value), key
+
+
+def test_old_shards_without_ground_truth_depth_are_encoded_again(tmp_path, config, stage1, capsys):
+    from safetensors.torch import load_file
+
+    from mirage_gym.training.latent_clips import SHARD, encode_clips, shard_streams, write_shard
+
+    vae, head = load_stage1(stage1, torch.device("cpu"))
+    streams = shard_streams(config, vae.spatial_factor, (0, 1000), seed=3)
+    args = dict(num_clips=2, clip_frames=3, chunk=1, clips_per_shard=2, progress=False)
+    encode_clips(tmp_path, streams, vae, head, **args)
+    path = tmp_path / SHARD.format(0)
+    new = load_file(str(path))
+    write_shard({k: v for k, v in new.items() if k != "gt_token_depth"}, path)  # as an older version wrote it
+    old = LatentClips(tmp_path)
+    assert old.gt_token_depth is None
+    with pytest.raises(ValueError, match="no ground-truth token depth"):
+        old.ground_truth_depth(torch.tensor([0]))
+    encode_clips(tmp_path, streams, vae, head, **args)  # not required: left as it is
+    assert "gt_token_depth" not in load_file(str(path))
+    encode_clips(tmp_path, streams, vae, head, **args, require=("gt_token_depth",))
+    assert "encoding it again" in capsys.readouterr().out
+    again = load_file(str(path))
+    assert torch.equal(again["gt_token_depth"], new["gt_token_depth"]) and torch.equal(again["latents"], new["latents"])
+
+
+def test_self_forcing_scores_the_models_own_history(tmp_path, config, stage2):
+    from mirage_gym.training.rollout_stage import rollout_batch
+    from mirage_gym.training.latent_clips import encode_clips, shard_streams
+
+    model = MirageGenerator.from_pretrained(stage2 / "model")
+    encode_clips(tmp_path, shard_streams(config, 8, (0, 1000), seed=4), model.vae, model.depth_head, num_clips=2,
+                 clip_frames=5, chunk=2, progress=False, start_images=True)
+    clips = LatentClips(tmp_path)
+    index = torch.tensor([0, 1])
+    batch = rollout_batch(model, clips, index, 2, 2, noise_seed=9, with_depth=True)
+    # The same rollout by hand, as inference runs it: its last chunk is the scored chunk's context.
+    reference = MirageGenerator.from_pretrained(stage2 / "model")
+    latents, _, _, poses = clips.take(index)
+    reference.start(clips.start_rgb[index], poses[:, 0], clips.intrinsics)
+    chunk1 = reference.step(poses[:, 1:3], generator=torch.Generator().manual_seed(9))
+    assert torch.equal(batch.context, chunk1.latents[:, :, -1:])
+    assert not torch.allclose(batch.context, latents[:, :, 2:3], atol=1e-3), "the context is generated, not encoded"
+    assert torch.equal(batch.target, latents[:, :, 3:5]) and batch.target_depth.shape == (2, 2, 4, 4)
+    context, poses_read, cache, mask = reference.conditioning(poses[:, 3:5])
+    assert torch.equal(batch.cache, cache) and torch.equal(batch.mask, mask) and torch.equal(batch.poses, poses_read)
+    assert batch.mask.any(), "the cache written by the rollout is read for the scored chunk"
+
+
+def test_self_forcing_resumed_is_the_same_run_and_exports_a_model(tmp_path, monkeypatch, config, stage2):
+    from mirage_gym.training.rollout_stage import train_self_forcing
+
+    hp = config.training.self_forcing
+    assert hp.steps == 2 and hp.checkpoint_every == 1
+    stats = train_self_forcing(config, tmp_path / "whole", stage2 / "model", progress=False)
+    assert {"train/loss", "train/flow", "train/depth", "val/loss"} <= set(stats)
+    kill_after_checkpoint(monkeypatch, tmp_path / "cut", 1)
+    with pytest.raises(Killed):
+        train_self_forcing(config, tmp_path / "cut", stage2 / "model", progress=False)
+    monkeypatch.undo()
+    train_self_forcing(config, tmp_path / "cut", stage2 / "model", progress=False)
+    assert load_tensors(tmp_path / "cut" / CHECKPOINT)["train_state"]["step"] == 2
+    assert_same_weights(tmp_path / "whole", tmp_path / "cut")
+    # The export: the input model's settings and parts, the fine-tuned transformer.
+    tuned, before = (MirageGenerator.from_pretrained(p) for p in (tmp_path / "whole" / "model", stage2 / "model"))
+    assert tuned.num_inference_steps == before.num_inference_steps == 2
+    saved = load_tensors(tmp_path / "whole" / CHECKPOINT)["modules"]["transformer"]
+    for key, value in tuned.transformer.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert any(not torch.equal(v, before.transformer.state_dict()[k]) for k, v in tuned.transformer.state_dict().items())
+    for key, value in before.depth_head.state_dict().items():
+        assert torch.equal(tuned.depth_head.state_dict()[key], value), key
+    k = intrinsics_from_fov(90.0, 32, 32)
+    tuned.start(torch.zeros(1, 32, 32, 3, dtype=torch.uint8), torch.eye(4)[None], k)
+    assert tuned.step(torch.eye(4)[None, None].repeat(1, 2, 1, 1)).rgb.shape == (1, 2, 32, 32, 3)
+
+
+def test_self_forcing_config_errors_name_the_field(tmp_path, config):
+    from mirage_gym.config import config_from_dict
+
+    data = config.to_dict()
+    data["training"]["self_forcing"]["rollout_chunks"] = 1
+    with pytest.raises(ValueError, match="rollout_chunks must be >= 2"):
+        config_from_dict(data)
+    data["training"]["self_forcing"] |= {"rollout_chunks": 3, "clip_frames": 6}
+    with pytest.raises(ValueError, match="clip_frames must be >= 1 \\+ rollout_chunks"):
+        config_from_dict(data)
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        from mirage_gym.training.rollout_stage import train_self_forcing
+
+        train_self_forcing(config, tmp_path / "out", tmp_path, progress=False)

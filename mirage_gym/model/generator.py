@@ -600,6 +600,23 @@ class MirageGenerator(nn.Module):
         timer.lap("encode")
         return latents, coverage >= 0.5
 
+    @torch.no_grad()
+    def conditioning(self, cam_to_world: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What the next :meth:`step` for poses ``cam_to_world`` ``[B, T, 4, 4]`` conditions on; changes nothing.
+
+        Returns the context latents ``[B, C, k, h, w]``, the poses of context and chunk latent frames
+        ``[B, k + t, 4, 4]``, and the memory read for the chunk: latents ``[B, C, t, h, w]`` and mask
+        ``[B, t, h, w]`` (the self-forcing fine-tune scores the model on exactly this).
+        """
+        if self._context is None:
+            raise RuntimeError("call start() before conditioning()")
+        height, width = self._image_size
+        h, w = height // self.vae.spatial_factor, width // self.vae.spatial_factor
+        cam_to_world = cam_to_world.to(self.device, torch.float32)
+        cache, mask = self._read(cam_to_world, h, w, _Timer(self.device))
+        poses = torch.cat([self._context_poses, cam_to_world[:, :: self.vae.temporal_factor]], dim=1)
+        return self._context.clone(), poses, cache, mask
+
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
         if isinstance(generator, Sequence):
             generator = list(generator)

@@ -51,11 +51,32 @@ FRAMES_FILE = "frames.pt"
 GENERATED_FILE = "generated.pt"
 
 
-def depth_loss(head: DepthHead, latents: torch.Tensor, depth: torch.Tensor, token_depth: torch.Tensor) -> torch.Tensor:
-    """``|log d - log d_gt|`` at the latent cells plus the same at the pixels (ground truth floored at 1 mm)."""
+def depth_loss(
+    head: DepthHead,
+    latents: torch.Tensor,
+    depth: torch.Tensor | None,
+    token_depth: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``|log d - log d_gt|`` at the latent cells plus the same at the pixels (ground truth floored at 1 mm).
+
+    The one home of the depth loss: the depth stage scores its head with it, stage 2 and the
+    self-forcing fine-tune score the transformer's predicted clean latents through a frozen head.
+    ``depth`` ``None``: the token term alone (encoded clips keep no pixel depth). ``weights`` ``[N]``:
+    each latent's terms weighted (the mean of ``weights * per-latent error``).
+    """
     out = head(latents)
-    token = (out.token_depth.log() - token_depth.clamp(min=1e-3).log()).abs().mean()
-    return token + (out.pixel_depth.log() - depth.clamp(min=1e-3).log()).abs().mean()
+    token_error = (out.token_depth.log() - token_depth.clamp(min=1e-3).log()).abs()
+    if weights is None:
+        token = token_error.mean()
+    else:
+        token = (weights * token_error.flatten(1).mean(dim=1)).mean()
+    if depth is None:
+        return token
+    pixel_error = (out.pixel_depth.log() - depth.clamp(min=1e-3).log()).abs()
+    if weights is None:
+        return token + pixel_error.mean()
+    return token + (weights * pixel_error.flatten(1).mean(dim=1)).mean()
 
 
 @torch.no_grad()

@@ -10,7 +10,13 @@ cache histories from them for many epochs. What is stored is what inference woul
 * ``keep`` ``[N, L, h, w]``: the :class:`~mirage_gym.memory.TokenFilter` decision on each
   chunk of ``chunk`` frames (ground-truth RGB with predicted depth), so moving objects stay
   out of training caches the same way they stay out at inference;
-* ``cam_to_world`` ``[N, L, 4, 4]``.
+* ``cam_to_world`` ``[N, L, 4, 4]``;
+* ``gt_token_depth`` ``[N, L, h, w]`` (float16): the **ground-truth** depth rendered at the latent
+  cell centres, what the depth loss on the transformer's predicted latents is scored against
+  (shards written before it existed lack it: :func:`encode_clips` encodes such a shard again
+  when ``require`` asks for it, saying so);
+* ``start_rgb`` ``[N, H, W, 3]`` uint8 (only with ``start_images``): each clip's first frame, the
+  image a self-forcing rollout starts from as ``MirageGenerator.start`` does at inference.
 
 Shards are written atomically (temporary file, then rename), and shard ``i`` is drawn from
 its own stream ``make_stream(i)``: an interrupted run resumes at the first missing shard and
@@ -66,7 +72,15 @@ def load_shards(folder: Path) -> dict[str, Tensor]:
     if not paths:
         raise ValueError(f"no encoded clips in {folder}")
     parts = [load_file(str(p)) for p in paths]
-    return {key: parts[0][key] if key == "intrinsics" else torch.cat([p[key] for p in parts]) for key in parts[0]}
+    keys = [key for key in parts[0] if all(key in p for p in parts)]  # a key some older shards lack is left out
+    return {key: parts[0][key] if key == "intrinsics" else torch.cat([p[key] for p in parts]) for key in keys}
+
+
+def _shard_keys(path: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return set(f.keys())
 
 
 @torch.no_grad()
@@ -81,10 +95,14 @@ def encode_clips(
     chunk: int,
     clips_per_shard: int = 32,
     progress: bool = True,
+    start_images: bool = False,
+    require: tuple[str, ...] = (),
 ) -> Path:
     """Render, encode and store ``num_clips`` clips into ``folder`` (skipping shards already there).
 
-    ``make_stream(i)`` gives the seeded stream that shard ``i`` is drawn from.
+    ``make_stream(i)`` gives the seeded stream that shard ``i`` is drawn from. ``start_images``:
+    also keep each clip's first frame (``start_rgb``). A shard already there that lacks a key of
+    ``require`` (written by an older version) is encoded again from its own stream, with a message.
     """
     folder.mkdir(parents=True, exist_ok=True)
     token_filter = TokenFilter()
@@ -92,7 +110,10 @@ def encode_clips(
     for index in tqdm(range(shards), desc="encode clips", disable=not progress, dynamic_ncols=True):
         path = folder / SHARD.format(index)
         if path.exists():
-            continue
+            missing = sorted(set(require) - _shard_keys(path))
+            if not missing:
+                continue
+            print(f"{path} was written before the clips kept {', '.join(missing)}: encoding it again")
         stream = make_stream(index)
         h = stream.latent_size
         clips = stream.clips(min(clips_per_shard, num_clips - index * clips_per_shard), clip_frames)
@@ -116,26 +137,49 @@ def encode_clips(
             "keep": keep,
             "cam_to_world": clips.cam_to_world,
             "intrinsics": clips.intrinsics,
+            "gt_token_depth": clips.token_depth.half(),
         }
+        if start_images:
+            tensors["start_rgb"] = rgb[:, 0].contiguous()
         write_shard(tensors, path)
     return folder
 
 
 class LatentClips:
-    """All shards of a folder in memory; ``sample`` draws a batch of whole clips."""
+    """All shards of a folder in memory; ``sample`` draws a batch of whole clips.
+
+    ``gt_token_depth`` and ``start_rgb`` are ``None`` when the shards do not hold them.
+    """
 
     def __init__(self, folder: Path) -> None:
+        self.folder = folder
         shards = load_shards(folder)
         self.latents, self.token_depth, self.keep = shards["latents"], shards["token_depth"], shards["keep"]
         self.cam_to_world, self.intrinsics = shards["cam_to_world"], shards["intrinsics"]
+        self.gt_token_depth: Tensor | None = shards.get("gt_token_depth")
+        self.start_rgb: Tensor | None = shards.get("start_rgb")
 
     def __len__(self) -> int:
         return self.latents.shape[0]
 
+    def indices(self, batch: int, rng: torch.Generator) -> Tensor:
+        """The clips of a batch of ``batch``, drawn with ``rng`` (what :meth:`sample` draws)."""
+        return torch.randint(len(self), (batch,), generator=rng)
+
+    def ground_truth_depth(self, index: Tensor) -> Tensor:
+        """Ground-truth token depth ``[B, L, h, w]`` float32 of clips ``index``; a clear error for older shards."""
+        if self.gt_token_depth is None:
+            raise ValueError(f"the clips in {self.folder} hold no ground-truth token depth (encoded by an older version):"
+                             " encode them again (move the folder away, or let the stage re-encode its shards)")
+        return self.gt_token_depth[index].float()
+
     def sample(self, batch: int, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``batch`` clips drawn with ``rng``: ``latents [B, C, L, h, w]`` float32, ``token_depth [B, L, h, w]``,
         ``keep``, ``cam_to_world``."""
-        index = torch.randint(len(self), (batch,), generator=rng)
+        return self.take(self.indices(batch, rng))
+
+    def take(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Clips ``index``, as :meth:`sample` returns them."""
         return (
             self.latents[index].float().transpose(1, 2),
             self.token_depth[index].float(),

@@ -4,10 +4,12 @@ Runs, each in its own sub-folder of ``OUT`` and each resumable:
 
 1. ``OUT/vae`` -- stage 1, the autoencoder and its depth head (:func:`train_vae`);
 2. ``OUT/generator`` -- stage 2, the transformer over the cache (:func:`train_generator`);
-3. ``OUT/depth`` -- the depth head alone, on encoded and on stage 2's generated latents
-   (:func:`train_depth`; skipped when the config has no ``training.depth`` section);
+3. ``OUT/self_forcing`` -- stage 2 fine-tuned on its own rollouts (:func:`train_self_forcing`;
+   skipped when the config has no ``training.self_forcing`` section);
+4. ``OUT/depth`` -- the depth head alone, on encoded and on the final transformer's generated
+   latents (:func:`train_depth`; skipped when the config has no ``training.depth`` section);
 
-then writes ``OUT/model``: stage 2's model folder with the depth stage's head, the folder that
+then writes ``OUT/model``: the final transformer's model folder with the depth stage's head, the folder that
 ``generator=OUT/model`` (or a copy into ``mirage_gym/weights/default``) loads. Kill it at any
 point and run the same command again: finished stages are not trained again (their exports are
 re-written from their final checkpoints), an interrupted one resumes from its checkpoint.
@@ -25,6 +27,7 @@ from mirage_gym.config import Config, load_config
 from mirage_gym.training.depth_stage import train_depth
 from mirage_gym.training.generator_stage import train_generator
 from mirage_gym.training.loop import resolve_device
+from mirage_gym.training.rollout_stage import train_self_forcing
 from mirage_gym.training.vae_stage import train_vae
 
 __all__ = ["train_all"]
@@ -35,6 +38,9 @@ def train_all(config: Config, out: Path, *, device: torch.device = torch.device(
     train_vae(config, out / "vae", device=device, progress=progress)
     train_generator(config, out / "generator", out / "vae", device=device, progress=progress)
     stage2 = out / "generator" / "model"
+    if config.training.self_forcing is not None:
+        train_self_forcing(config, out / "self_forcing", stage2, device=device, progress=progress)
+        stage2 = out / "self_forcing" / "model"
     model = out / "model"
     tmp = out / "model.tmp"
     if tmp.exists():
@@ -51,7 +57,7 @@ def train_all(config: Config, out: Path, *, device: torch.device = torch.device(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # Steps, batch sizes and seeds come from the config's stage sections (`train vae|generator|depth`
+    # Steps, batch sizes and seeds come from the config's stage sections (`train vae|generator|self-forcing|depth`
     # override them for one stage); it always resumes.
     parser.add_argument("--config", default="default", help="shipped config name or path to a JSON config")
     parser.add_argument("--out", default="runs/default", help="run folder: one sub-folder per stage, and model/")

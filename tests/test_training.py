@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -524,3 +525,72 @@ def test_fit_stops_at_a_cpu_budget(tmp_path, config):
     assert 0 < fitted.step < 10_000 and fitted.cpu_time_s >= 0.05
     saved = load_tensors(tmp_path / CHECKPOINT)["train_state"]  # the run ends with a checkpoint
     assert saved["step"] == fitted.step and saved["cpu_time"] == pytest.approx(fitted.cpu_time_s)
+
+
+# ---------------------------------------------------------------------- mirage-gym train ablate-vae
+
+TINY_CANDIDATES = [
+    {"name": "f8 tiny", "vae": {"latent_channels": 4, "encoder_block_out_channels": [8, 8, 8, 8],
+                                "decoder_block_out_channels": [8, 8, 8, 8]}, "training": {"batch_size": 4}},
+    {"name": "f4 tiny+grad+gan", "vae": {"latent_channels": 4, "encoder_block_out_channels": [8, 8, 8],
+                                         "decoder_block_out_channels": [8, 8, 8], "num_decoder_blocks": [2, 1, 1],
+                                         "upsample_fn": "bilinear"},
+     "training": {"grad_weight": 1.0, "gan_weight": 0.05, "gan_start": 0.5, "batch_size": 4, "crop": 16}},
+]
+
+
+def test_builtin_ablation_candidates_are_the_prototypes_and_build():
+    from mirage_gym.model.vae import build_autoencoder
+    from mirage_gym.training.ablation import CANDIDATES
+
+    assert len(CANDIDATES) == 9 and len({c.slug for c in CANDIDATES}) == 9
+    assert sorted({c.vae.spatial_factor for c in CANDIDATES}) == [4, 8]
+    for candidate in CANDIDATES:
+        assert candidate.vae.problems() == [], candidate.name
+        vae = VideoVAE(build_autoencoder(**dataclasses.asdict(candidate.vae)))
+        assert vae.spatial_factor == candidate.vae.spatial_factor
+        assert vae.decode(torch.zeros(1, vae.latent_channels, 1, 4, 4)).shape[-1] == 4 * vae.spatial_factor
+
+
+def test_ablate_vae_trains_scores_resumes_and_times(tmp_path, capsys):
+    from mirage_gym.cli import main
+
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps(TINY_CANDIDATES))
+    out = tmp_path / "ablate"
+    args = ["train", "ablate-vae", "--out", str(out), "--config", str(TINY), "--candidates", str(candidates),
+            "--budget-min", "0.01", "--train-frames", "12", "--held-out", "8", "--calibration-steps", "2",
+            "--no-progress"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "ablation.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["f8 tiny", "f4 tiny+grad+gan"]
+    for row in rows:
+        assert row["steps"] >= 1 and row["held_out_frames"] == 8
+        assert all(math.isfinite(row[k]) for k in ("psnr", "psnr_worst_decile", "ssim", "detail_ratio", "cpu_s"))
+        assert row["psnr_worst_decile"] <= row["psnr"]
+    assert rows[1]["factor"] == 4 and "s_per_step_gan" in rows[1]
+    assert "discriminator" in load_tensors(out / "runs" / "f4_tiny+grad+gan" / CHECKPOINT)["modules"]
+    table = (out / "ablation.md").read_text()
+    assert "| f4 tiny+grad+gan | 4x |" in table and "| candidate |" in capsys.readouterr().out
+    # Finished candidates are skipped: a second run trains nothing and appends nothing.
+    stamp = (out / "runs" / "f8_tiny" / CHECKPOINT).stat().st_mtime_ns
+    assert main(args) == 0
+    assert len((out / "ablation.jsonl").read_text().splitlines()) == 2
+    assert (out / "runs" / "f8_tiny" / CHECKPOINT).stat().st_mtime_ns == stamp
+    # Decode time is a separate measurement, merged into the table.
+    assert main([*args, "--time-decode", "--repeats", "2", "--decode-threads", "1"]) == 0
+    decode = json.loads((out / "decode_ms.json").read_text())
+    assert decode["f8 tiny"] > 0 and decode["_threads"] == 1
+    assert "n/a |" not in (out / "ablation.md").read_text().splitlines()[2]
+
+
+def test_bad_candidate_files_are_named(tmp_path):
+    from mirage_gym.training.ablation import load_candidates
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([{**TINY_CANDIDATES[0], "training": {"gan_wieght": 1.0}}]))
+    with pytest.raises(ValueError, match="training.gan_wieght"):
+        load_candidates(path)
+    path.write_text(json.dumps([{"name": "x", "vae": {**TINY_CANDIDATES[0]["vae"], "decoder_block_out_channels": [8, 16, 16, 16]}}]))
+    with pytest.raises(ValueError, match="one width"):
+        load_candidates(path)

@@ -39,12 +39,12 @@ from mirage_gym.config import EVAL_ROOM_SEED_OFFSET, Config, VaeTraining, load_c
 from mirage_gym.metrics import abs_rel, image_gradients, psnr, reconstruction_figures, ssim, ssim_map
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.vae import VideoVAE, build_autoencoder
-from mirage_gym.training.data import RoomStream, StepRooms
+from mirage_gym.training.data import Frames, RoomStream, StepRooms
 from mirage_gym.training.loop import (
     Adversary, Stage, TrainState, add_common_arguments, fit, print_final, resolve_device, stage_settings, step_rng,
 )
 
-__all__ = ["train_vae", "load_stage1", "evaluate_stage1", "held_out_reconstruction", "chroma_ratio", "colour_l1",
+__all__ = ["train_vae", "load_stage1", "evaluate_stage1", "held_out_frames", "held_out_reconstruction", "chroma_ratio", "colour_l1",
            "gradient_l1", "reconstruction_loss", "PatchDiscriminator", "discriminator_adversary", "with_latent_noise"]
 
 
@@ -313,6 +313,17 @@ def load_stage1(folder: Path, device: torch.device) -> tuple[VideoVAE, DepthHead
     return vae, head
 
 
+def held_out_frames(*, resolution: int, fov_deg: float, frames: int, seed: int = 0, latent_factor: int = 8) -> Frames:
+    """``frames`` single frames of held-out houses (the first 1,000 seeds from ``EVAL_ROOM_SEED_OFFSET``, 8 live at
+    a time): the frames every stage-1 figure is taken on. They depend on ``(resolution, fov_deg, frames, seed)``
+    only; ``latent_factor`` sets the grid of ``token_depth``."""
+    stream = RoomStream(
+        resolution=resolution, fov_deg=fov_deg, latent_factor=latent_factor,
+        room_seeds=(EVAL_ROOM_SEED_OFFSET, EVAL_ROOM_SEED_OFFSET + 1000), pool_size=8, seed=seed,
+    )
+    return stream.frames(frames)
+
+
 @torch.no_grad()
 def held_out_reconstruction(
     vae: VideoVAE, *, resolution: int, fov_deg: float, frames: int = 256, seed: int = 0,
@@ -325,11 +336,8 @@ def held_out_reconstruction(
     with ``head``, abs-rel of its token and pixel depth against the ground truth. The frames
     depend on ``(frames, seed)`` alone, whatever the model: every autoencoder is scored on the same ones.
     """
-    stream = RoomStream(
-        resolution=resolution, fov_deg=fov_deg, latent_factor=vae.spatial_factor,
-        room_seeds=(EVAL_ROOM_SEED_OFFSET, EVAL_ROOM_SEED_OFFSET + 1000), pool_size=8, seed=seed,
-    )
-    data = stream.frames(frames)
+    data = held_out_frames(resolution=resolution, fov_deg=fov_deg, frames=frames, seed=seed,
+                           latent_factor=vae.spatial_factor)
     device = next(vae.parameters()).device
     recon, depth_tok, depth_pix = [], [], []
     for k in range(0, frames, batch):

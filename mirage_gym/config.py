@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 import warnings
@@ -446,7 +447,7 @@ def _check(config: Config, source: str) -> None:
         problems = model.vae.problems()
         if problems:
             raise ValueError(f"{source}: model.vae." + problems[0])
-        cell = model.vae.spatial_factor * (max(model.transformer.patch_size[1:]) if model.transformer else 1)
+        cell = model.vae.spatial_factor * (math.lcm(*model.transformer.patch_size[1:]) if model.transformer else 1)
         if model.resolution % cell:
             raise ValueError(f"{source}: model.resolution must be a multiple of {cell} (the autoencoder's "
                              f"{model.vae.spatial_factor}x times the transformer's patch), got {model.resolution}")

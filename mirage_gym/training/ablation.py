@@ -97,7 +97,8 @@ def _vae(factor: int, channels: int, width: int = 24, **extra: Any) -> VaeConfig
                      decoder_block_out_channels=(width,) * levels, **extra)
 
 
-# The prototype's nine candidates (ablation_prototype.py.txt of issue 16's campaign).
+# The nine candidates of the campaign's prototype script (issue 16): grid factor, latent channels, decoder depth
+# at low resolution, upsampling, and the sharpness and adversarial terms.
 CANDIDATES = (
     Candidate("f8-c8-d24 (shipped)", _vae(8, 8)),
     Candidate("f8-c16-d24", _vae(8, 16)),

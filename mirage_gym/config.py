@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 import warnings
@@ -42,6 +43,7 @@ from mirage_gym.model.vae import build_autoencoder
 __all__ = [
     "CONFIG_DIR",
     "EVAL_ROOM_SEED_OFFSET",
+    "UPSAMPLE_FNS",
     "VALIDATION_ROOM_SEEDS",
     "VaeConfig",
     "DepthHeadConfig",
@@ -76,13 +78,61 @@ VALIDATION_ROOM_SEEDS = (EVAL_ROOM_SEED_OFFSET + 500_000, EVAL_ROOM_SEED_OFFSET 
 # ---------------------------------------------------------------------- the architecture
 
 
+UPSAMPLE_FNS = ("nearest", "bilinear", "bicubic")
+
+
 @dataclass(frozen=True)
 class VaeConfig:
-    """A per-frame ``AutoencoderTiny`` (the CPU models; a Wan2.2 base brings its own VAE)."""
+    """A per-frame ``AutoencoderTiny`` (the CPU models; a Wan2.2 base brings its own VAE).
+
+    Levels: ``n`` entries in each tuple give ``n - 1`` halvings, a spatial factor of ``2 ** (n - 1)``
+    (4 entries: 8x, a 16x16 latent grid at 128x128; 3 entries: 4x, 32x32). ``AutoencoderTiny``'s
+    stride-2 convolutions and its upsampling keep the width of a level, so all encoder levels have one
+    width and all decoder levels another: capacity is placed with the number of residual blocks per
+    level (``num_decoder_blocks``; the first entry is the lowest resolution, where blocks are cheap).
+    Unset block counts follow ``AutoencoderTiny``'s pattern for ``n`` levels: encoder ``(1, 3, ..., 3)``,
+    decoder ``(3, ..., 3, 1)`` -- for 4 levels exactly its defaults.
+    """
 
     latent_channels: int  # channels of a latent token
     encoder_block_out_channels: tuple[int, ...]  # encoder width per level; len - 1 halvings of the frame
     decoder_block_out_channels: tuple[int, ...]  # decoder width per level (its cost dominates a step)
+    num_encoder_blocks: tuple[int, ...] | None = None  # residual blocks per encoder level (None: 1, 3, ..., 3)
+    num_decoder_blocks: tuple[int, ...] | None = None  # per decoder level, lowest resolution first (None: 3, ..., 3, 1)
+    upsample_fn: str = "nearest"  # the decoder's x2 upsampling (torch.nn.Upsample mode): one of UPSAMPLE_FNS
+
+    def __post_init__(self) -> None:
+        n_enc, n_dec = len(self.encoder_block_out_channels), len(self.decoder_block_out_channels)
+        if self.num_encoder_blocks is None:
+            object.__setattr__(self, "num_encoder_blocks", (1,) + (3,) * (n_enc - 1))
+        if self.num_decoder_blocks is None:
+            object.__setattr__(self, "num_decoder_blocks", (3,) * (n_dec - 1) + (1,))
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent cell along each side."""
+        return 2 ** (len(self.decoder_block_out_channels) - 1)
+
+    def problems(self) -> list[str]:
+        """What is wrong with this design (empty: it builds), as ``key: reason`` lines."""
+        out = []
+        enc, dec = self.encoder_block_out_channels, self.decoder_block_out_channels
+        if self.latent_channels < 1:
+            out.append(f"latent_channels: must be positive, got {self.latent_channels}")
+        if len(enc) < 2 or len(enc) != len(dec):
+            out.append(f"encoder_block_out_channels / decoder_block_out_channels: need as many levels (>= 2) in both "
+                       f"(the encoder's halvings must match the decoder's doublings), got {len(enc)} and {len(dec)}")
+        for key, widths in (("encoder_block_out_channels", enc), ("decoder_block_out_channels", dec)):
+            if len(set(widths)) != 1 or min(widths) < 1:
+                out.append(f"{key}: AutoencoderTiny keeps one width across levels (place capacity with the block "
+                           f"counts), got {list(widths)}")
+        for key, blocks, widths in (("num_encoder_blocks", self.num_encoder_blocks, enc),
+                                    ("num_decoder_blocks", self.num_decoder_blocks, dec)):
+            if len(blocks) != len(widths) or min(blocks) < 0:
+                out.append(f"{key}: one count >= 0 per level ({len(widths)}), got {list(blocks)}")
+        if self.upsample_fn not in UPSAMPLE_FNS:
+            out.append(f"upsample_fn: one of {list(UPSAMPLE_FNS)}, got {self.upsample_fn!r}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -191,6 +241,19 @@ class VaeTraining(StageTraining):
     ssim_weight: float = 0.5
     chroma_weight: float = 1.0  # weight of the chroma terms of the colour L1
     depth_head_context_levels: int = 0  # stage 1's own head: model.depth_head with these context levels
+    # Sharpness: L1 between the finite-difference image gradients (x and y) of reconstruction and target.
+    # Pixel L1 and SSIM are content with a blur that is right on average; this term asks for the edges.
+    grad_weight: float = 0.0
+    # Adversarial term: a small spectral-norm PatchGAN (vae_stage.PatchDiscriminator), trained from scratch
+    # with the hinge loss against the decoder; the decoder gets gan_weight * (-D(reconstruction)).mean().
+    gan_weight: float = 0.0  # 0: no discriminator at all
+    gan_start: float = 0.3  # when the discriminator starts: < 1, a fraction of the run's steps; >= 1, a step
+    gan_lr: float = 2e-4  # the discriminator's AdamW learning rate (constant; betas 0.5, 0.99)
+    gan_width: int = 32  # the discriminator's first-layer width (doubled twice)
+
+    def gan_start_step(self) -> int:
+        """The first step with the adversarial term (``gan_start`` read as a fraction or as a step)."""
+        return round(self.gan_start * self.steps) if self.gan_start < 1 else int(self.gan_start)
 
 
 @dataclass(frozen=True)
@@ -421,8 +484,22 @@ def _check(config: Config, source: str) -> None:
 
     for key in ("resolution", "chunk_frames", "context_frames"):
         positive(getattr(model, key), f"model.{key}")
-    if model.vae is not None and model.resolution % 8:
-        raise ValueError(f"{source}: model.resolution must be a multiple of 8, got {model.resolution}")
+    if model.vae is not None:
+        problems = model.vae.problems()
+        if problems:
+            raise ValueError(f"{source}: model.vae." + problems[0])
+        cell = model.vae.spatial_factor * (math.lcm(*model.transformer.patch_size[1:]) if model.transformer else 1)
+        if model.resolution % cell:
+            raise ValueError(f"{source}: model.resolution must be a multiple of {cell} (the autoencoder's "
+                             f"{model.vae.spatial_factor}x times the transformer's patch), got {model.resolution}")
+    vae = training.vae
+    if vae is not None:
+        if vae.grad_weight < 0 or vae.gan_weight < 0 or vae.gan_start < 0:
+            raise ValueError(f"{source}: training.vae.grad_weight, gan_weight and gan_start must be >= 0, got "
+                             f"{vae.grad_weight}, {vae.gan_weight}, {vae.gan_start}")
+        if vae.gan_weight > 0 and (vae.gan_lr <= 0 or vae.gan_width < 1):
+            raise ValueError(f"{source}: training.vae.gan_lr and gan_width must be positive, got {vae.gan_lr}, "
+                             f"{vae.gan_width}")
     lo, hi = training.data.train_room_seeds
     if not 0 <= lo < hi <= EVAL_ROOM_SEED_OFFSET:
         raise ValueError(f"{source}: training.data.train_room_seeds must lie in [0, {EVAL_ROOM_SEED_OFFSET}) "

@@ -169,6 +169,28 @@ def test_trajectories_are_held_out():
         make_trajectory("spiral", 1_000_000, 9)
 
 
+def test_detail_ratio_tells_blur_from_detail_and_respects_masks():
+    from mirage_gym.metrics import detail_ratio, reconstruction_figures
+
+    sharp = torch.rand(3, 3, 32, 32)
+    blurred = torch.nn.functional.avg_pool2d(sharp, 3, 1, 1, count_include_pad=False)
+    assert torch.allclose(detail_ratio(sharp, sharp), torch.ones(3))
+    assert (detail_ratio(blurred, sharp) < 0.6).all()
+    assert (detail_ratio(sharp, blurred) > 1.5).all()  # noise or ringing scores above 1
+    # Brightness and a constant offset do not change the gradients.
+    assert torch.allclose(detail_ratio((sharp + 0.1), sharp), torch.ones(3))
+    # Masked: only differences inside the mask count; an empty mask is NaN, not a score.
+    mask = torch.zeros(3, 32, 32, dtype=torch.bool)
+    mask[0, :, :16] = True
+    half = sharp.clone()
+    half[0, :, :, 16:] = 0.5  # flat outside the mask
+    ratio = detail_ratio(half, sharp, mask)
+    assert ratio[0].item() == pytest.approx(1.0) and ratio[1:].isnan().all()
+    assert detail_ratio(half, sharp, mask, pooled=True).item() == pytest.approx(1.0)
+    figures = reconstruction_figures(blurred, sharp)
+    assert figures["psnr_worst_decile"] <= figures["psnr"] and figures["detail_ratio"] < 0.6
+
+
 # ---------------------------------------------------------------------- full runs
 
 
@@ -181,6 +203,10 @@ def test_oracle_is_near_perfectly_consistent():
     assert oracle["revisit_psnr"] == pytest.approx(100.0) and oracle["revisit_ssim"] == pytest.approx(1.0, abs=1e-5)
     assert oracle["fidelity_psnr"] == pytest.approx(100.0) and oracle["depth_abs_rel"] == 0.0
     assert oracle["reproj_l1"] < 0.03
+    # Against the ground truth of the first view too, and the ground truth keeps all of its own detail.
+    assert oracle["revisit_psnr_gt"] == pytest.approx(100.0)
+    assert oracle["detail_cached"] == pytest.approx(1.0) and oracle["detail_new"] == pytest.approx(1.0)
+    assert result.autoencoder is None  # the renderer has no autoencoder
 
 
 def test_evaluate_rejects_bad_configs():
@@ -222,5 +248,14 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     assert set(summary) == {"latent", "pixel", "none", "oracle"}
     assert summary["none"]["memory_bytes"] == 0 < summary["latent"]["memory_bytes"] < summary["pixel"]["memory_bytes"]
     assert summary["oracle"]["revisit_psnr"] > summary["latent"]["revisit_psnr"]
+    for mode in ("latent", "pixel", "none"):  # the new figures, per memory mode
+        assert math.isfinite(summary[mode]["revisit_psnr_gt"]) and summary[mode]["revisit_psnr_gt"] < 100
+        assert summary[mode]["detail_cached"] >= 0 and summary[mode]["detail_new"] >= 0
+    assert all("detail_new" in row and "revisit_ssim_gt" in row for row in data["results"]["rows"])
+    # The generator's autoencoder on held-out frames (64 with --quick).
+    autoencoder = data["results"]["autoencoder"]
+    assert autoencoder["frames"] == 64 and autoencoder["psnr_worst_decile"] <= autoencoder["psnr"]
+    table = (out / "eval_table.md").read_text()
+    assert "revisit PSNR vs GT dB" in table and "detail new areas" in table and "worst-decile PSNR dB" in table
     assert (out / "eval_metrics.png").stat().st_size > 0 and (out / "eval_fidelity.png").stat().st_size > 0
     assert (out / "provenance.json").is_file() and (out / "eval_table.md").is_file()

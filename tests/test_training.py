@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -617,3 +618,187 @@ def test_self_forcing_config_errors_name_the_field(tmp_path, config):
         from mirage_gym.training.rollout_stage import train_self_forcing
 
         train_self_forcing(config, tmp_path / "out", tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------------- stage-1 losses and the factor-4 design
+
+TINY_F4 = Path(__file__).parent / "configs" / "tiny_f4.json"
+
+
+def test_gradient_l1_scores_edges_not_offsets():
+    from mirage_gym.training.vae_stage import gradient_l1
+
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert gradient_l1(x + 0.3, x).item() == pytest.approx(0.0, abs=1e-6)  # a constant offset has the same edges
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    assert gradient_l1(blurred, x).item() > 0.1
+
+
+def test_default_stage1_losses_are_unchanged_by_the_new_terms(config):
+    # grad_weight and gan_weight default to 0: the loss is today's, value for value, and no discriminator exists.
+    from mirage_gym.training.vae_stage import discriminator_adversary, reconstruction_loss
+
+    hp = config.training.vae
+    assert hp.grad_weight == 0.0 and hp.gan_weight == 0.0
+    assert discriminator_adversary(hp, {}, torch.device("cpu")) is None
+    recon, x = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    loss, stats = reconstruction_loss(recon, x, hp)
+    from mirage_gym.metrics import ssim_map
+
+    expected = colour_l1(recon, x, hp.chroma_weight) + hp.ssim_weight * (1 - ssim_map((recon + 1) / 2, (x + 1) / 2)).mean()
+    assert torch.equal(loss, expected) and set(stats) == {"l1", "ssim_loss"}
+
+
+def test_gan_start_reads_a_fraction_or_a_step(config):
+    hp = dataclasses.replace(config.training.vae, steps=1000, gan_start=0.3)
+    assert hp.gan_start_step() == 300
+    assert dataclasses.replace(hp, gan_start=250).gan_start_step() == 250
+
+
+def test_factor4_design_builds_trains_every_stage_and_generates(tmp_path):
+    from mirage_gym.cli import main
+
+    config = load_config(TINY_F4)
+    assert config.model.vae.spatial_factor == 4 and config.model.transformer.patch_size == (1, 4, 4)
+    assert main(["train", "all", "--config", str(TINY_F4), "--out", str(tmp_path)]) == 0
+    vae_ckpt = load_tensors(tmp_path / "vae" / CHECKPOINT)
+    # The discriminator and its optimiser are part of stage 1's checkpoint.
+    assert set(vae_ckpt["modules"]) == {"autoencoder", "depth_head", "discriminator"}
+    assert "adversary_optimizer" in vae_ckpt
+    generator = MirageGenerator.from_pretrained(tmp_path / "model")
+    assert generator.vae.spatial_factor == 4 and generator.depth_head.config.spatial_factor == 4
+    assert tuple(generator.vae.vae.config.num_decoder_blocks) == (3, 3, 1)
+    k = intrinsics_from_fov(90.0, 32, 32)
+    from mirage_gym.world import Renderer, make_scene
+
+    scene = make_scene(7)
+    pose = scene.sample_pose(np.random.default_rng(0))
+    generator.start(Renderer(scene).render(pose[None], k, 32, 32).rgb, pose[None], k)
+    out = generator.step(pose[None, None].repeat(1, 2, 1, 1), torch.Generator().manual_seed(0))
+    assert out.rgb.shape == (1, 2, 32, 32, 3) and out.depth.shape == (1, 2, 32, 32)
+    # A 32x32 frame is an 8x8 latent grid; at the start pose most of it is read back from the cache (an
+    # untrained token filter may keep a few start tokens out).
+    assert out.cache_mask.shape[-2:] == (8, 8) and out.cache_mask.float().mean() > 0.5
+
+
+def test_stage1_with_a_discriminator_resumed_is_the_same_run(tmp_path, monkeypatch):
+    # The adversary (weights, spectral-norm vectors, its optimiser) resumes with the stage: bit for bit.
+    config = with_training(load_config(TINY_F4), "vae", steps=4, gan_start=1, freeze_encoder_at=None)
+    train_vae(config, tmp_path / "whole", progress=False)
+    kill_after_checkpoint(monkeypatch, tmp_path / "cut", 2)
+    with pytest.raises(Killed):
+        train_vae(config, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    train_vae(config, tmp_path / "cut", progress=False)
+    assert_same_weights(tmp_path / "whole", tmp_path / "cut")
+    first, second = (load_tensors(p / CHECKPOINT)["adversary_optimizer"] for p in (tmp_path / "whole", tmp_path / "cut"))
+    for key, value in first["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, second["state"][key][name]), (key, name)
+    assert load_tensors(tmp_path / "whole" / CHECKPOINT)["train_state"]["step"] == 4
+
+
+@pytest.mark.parametrize("vae, match", [
+    ({"encoder_block_out_channels": [8, 16, 16]}, "one width"),
+    ({"num_decoder_blocks": [3, 1]}, "num_decoder_blocks"),
+    ({"upsample_fn": "pixel_shuffle"}, "upsample_fn"),
+    ({"decoder_block_out_channels": [8, 8, 8, 8]}, "as many levels"),
+])
+def test_bad_autoencoder_designs_are_named(vae, match):
+    from mirage_gym.config import config_from_dict
+
+    data = json.loads(TINY_F4.read_text())
+    data["model"]["vae"].update(vae)
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(data, "f4")
+
+
+def test_resolution_must_fit_the_factor_times_the_patch():
+    from mirage_gym.config import config_from_dict
+
+    data = json.loads(TINY_F4.read_text())
+    data["model"]["resolution"] = 24  # a multiple of the factor 4, not of 4 x patch 4 = 16
+    with pytest.raises(ValueError, match="multiple of 16"):
+        config_from_dict(data, "f4")
+
+
+def test_fit_stops_at_a_cpu_budget(tmp_path, config):
+    from mirage_gym.training.loop import Stage, fit
+
+    layer = torch.nn.Linear(4, 1)
+    stage = Stage("toy", {"layer": layer}, lambda step, rng: torch.randn(8, 4, generator=rng),
+                  lambda batch, rng: (layer(batch).pow(2).mean(), {"loss": 0.0}))
+    settings = dataclasses.replace(config.training.vae, steps=10_000, log_every=10_000, checkpoint_every=10_000)
+    fitted = fit(stage, settings, tmp_path, config=config, progress=False, cpu_budget_s=0.05)
+    assert 0 < fitted.step < 10_000 and fitted.cpu_time_s >= 0.05
+    saved = load_tensors(tmp_path / CHECKPOINT)["train_state"]  # the run ends with a checkpoint
+    assert saved["step"] == fitted.step and saved["cpu_time"] == pytest.approx(fitted.cpu_time_s)
+
+
+# ---------------------------------------------------------------------- mirage-gym train ablate-vae
+
+TINY_CANDIDATES = [
+    {"name": "f8 tiny", "vae": {"latent_channels": 4, "encoder_block_out_channels": [8, 8, 8, 8],
+                                "decoder_block_out_channels": [8, 8, 8, 8]}, "training": {"batch_size": 4}},
+    {"name": "f4 tiny+grad+gan", "vae": {"latent_channels": 4, "encoder_block_out_channels": [8, 8, 8],
+                                         "decoder_block_out_channels": [8, 8, 8], "num_decoder_blocks": [2, 1, 1],
+                                         "upsample_fn": "bilinear"},
+     "training": {"grad_weight": 1.0, "gan_weight": 0.05, "gan_start": 0.5, "batch_size": 4, "crop": 16}},
+]
+
+
+def test_builtin_ablation_candidates_are_the_prototypes_and_build():
+    from mirage_gym.model.vae import build_autoencoder
+    from mirage_gym.training.ablation import CANDIDATES
+
+    assert len(CANDIDATES) == 9 and len({c.slug for c in CANDIDATES}) == 9
+    assert sorted({c.vae.spatial_factor for c in CANDIDATES}) == [4, 8]
+    for candidate in CANDIDATES:
+        assert candidate.vae.problems() == [], candidate.name
+        vae = VideoVAE(build_autoencoder(**dataclasses.asdict(candidate.vae)))
+        assert vae.spatial_factor == candidate.vae.spatial_factor
+        assert vae.decode(torch.zeros(1, vae.latent_channels, 1, 4, 4)).shape[-1] == 4 * vae.spatial_factor
+
+
+def test_ablate_vae_trains_scores_resumes_and_times(tmp_path, capsys):
+    from mirage_gym.cli import main
+
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps(TINY_CANDIDATES))
+    out = tmp_path / "ablate"
+    args = ["train", "ablate-vae", "--out", str(out), "--config", str(TINY), "--candidates", str(candidates),
+            "--budget-min", "0.01", "--train-frames", "12", "--held-out", "8", "--calibration-steps", "2",
+            "--no-progress"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "ablation.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["f8 tiny", "f4 tiny+grad+gan"]
+    for row in rows:
+        assert row["steps"] >= 1 and row["held_out_frames"] == 8
+        assert all(math.isfinite(row[k]) for k in ("psnr", "psnr_worst_decile", "ssim", "detail_ratio", "cpu_s"))
+        assert row["psnr_worst_decile"] <= row["psnr"]
+    assert rows[1]["factor"] == 4 and "s_per_step_gan" in rows[1]
+    assert "discriminator" in load_tensors(out / "runs" / "f4_tiny+grad+gan" / CHECKPOINT)["modules"]
+    table = (out / "ablation.md").read_text()
+    assert "| f4 tiny+grad+gan | 4x |" in table and "| candidate |" in capsys.readouterr().out
+    # Finished candidates are skipped: a second run trains nothing and appends nothing.
+    stamp = (out / "runs" / "f8_tiny" / CHECKPOINT).stat().st_mtime_ns
+    assert main(args) == 0
+    assert len((out / "ablation.jsonl").read_text().splitlines()) == 2
+    assert (out / "runs" / "f8_tiny" / CHECKPOINT).stat().st_mtime_ns == stamp
+    # Decode time is a separate measurement, merged into the table.
+    assert main([*args, "--time-decode", "--repeats", "2", "--decode-threads", "1"]) == 0
+    decode = json.loads((out / "decode_ms.json").read_text())
+    assert decode["f8 tiny"] > 0 and decode["_threads"] == 1
+    assert "n/a |" not in (out / "ablation.md").read_text().splitlines()[2]
+
+
+def test_bad_candidate_files_are_named(tmp_path):
+    from mirage_gym.training.ablation import load_candidates
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([{**TINY_CANDIDATES[0], "training": {"gan_wieght": 1.0}}]))
+    with pytest.raises(ValueError, match="training.gan_wieght"):
+        load_candidates(path)
+    path.write_text(json.dumps([{"name": "x", "vae": {**TINY_CANDIDATES[0]["vae"], "decoder_block_out_channels": [8, 16, 16, 16]}}]))
+    with pytest.raises(ValueError, match="one width"):
+        load_candidates(path)

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write back cells read from the memory too (default: the model's)")
     parser.add_argument("--moving-objects", type=int, default=2, help="moving boxes in the random-walk rooms")
     parser.add_argument("--seed", type=int, default=0, help="trajectory and noise seed")
+    parser.add_argument("--autoencoder-frames", type=int, default=None,
+                        help="held-out frames of the autoencoder reconstruction figure (default 256, quick 64; 0: none)")
     parser.add_argument("--device", default="cpu", help="torch device of the generator")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.rooms is not None:
         overrides["rooms"] = args.rooms
+    if args.autoencoder_frames is not None:
+        overrides["autoencoder_frames"] = args.autoencoder_frames
     config = EvalConfig.quick(**overrides) if args.quick else EvalConfig(**overrides)
     config.validate()
     out = results_folder(args.out)

@@ -21,7 +21,8 @@ def _fmt(value: float | int | None, digits: int = 2) -> str:
 
 
 def markdown_table(result: EvalResult) -> str:
-    """One row per mode: every summary metric, the dynamic tokens let into the memory, cost and memory."""
+    """One row per mode: every summary metric, the dynamic tokens let into the memory, cost and memory; then the
+    autoencoder's held-out reconstruction, when the result has it."""
     head = ["mode", *(title for _, title, _ in METRICS), "dynamic tokens in memory", "s/chunk", "memory MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for mode, entry in result.summary.items():
@@ -33,6 +34,12 @@ def markdown_table(result: EvalResult) -> str:
             cells.append("n/a")
         cells += [_fmt(entry["seconds_per_chunk"], 3), _fmt(entry["memory_bytes"] / _MIB, 3)]
         lines.append("| " + " | ".join(cells) + " |")
+    if result.autoencoder:
+        ae = result.autoencoder
+        lines += ["", f"Autoencoder on {ae['frames']} held-out frames (decode(encode(x)) vs x, full frames):", "",
+                  "| PSNR dB | worst-decile PSNR dB | SSIM | detail ratio | colour kept |", "|---|---|---|---|---|",
+                  f"| {_fmt(ae['psnr'])} | {_fmt(ae['psnr_worst_decile'])} | {_fmt(ae['ssim'], 3)} | "
+                  f"{_fmt(ae['detail_ratio'])} | {_fmt(ae['chroma_ratio'])} |"]
     return "\n".join(lines)
 
 

@@ -6,15 +6,26 @@ then each mode -- ``latent``, ``pixel``, ``none`` on the same :class:`MirageGene
 from the same ground-truth start image and follows the same poses with the same noise seed.
 The generated frames and depth are scored with :mod:`mirage_gym.eval.consistency`:
 
-* ``revisit_psnr`` / ``revisit_ssim`` -- same pose, first visit vs return after a turn >= 90 deg;
+* ``revisit_psnr`` / ``revisit_ssim`` -- same pose, first visit vs return after a turn >= 90 deg, the
+  generated return against the *generated* first visit (does the memory bring back what was shown);
+* ``revisit_psnr_gt`` / ``revisit_ssim_gt`` -- the same pairs (every kind; pairs back at the start pose
+  included), the generated return against the *ground truth* of the first view (is what comes back right);
 * ``reproj_l1`` -- consecutive frames warped with the generated depth (3D consistency);
 * ``flow_epe`` -- DIS flow vs the flow implied by poses and generated depth (pixels);
 * ``rot_err_deg`` / ``trans_dir_err_deg`` / ``pose_recovered`` -- camera control, frame to frame
   (the commanded motion of a step is spread evenly over its frames);
 * ``depth_abs_rel`` / ``fidelity_psnr`` -- against the ground truth where the scene was
   observed before (a generator cannot know what it never saw);
+* ``detail_cached`` / ``detail_new`` -- :func:`~mirage_gym.metrics.detail_ratio` of the generated
+  frames against the ground truth at the same pose (1: as much fine detail, below 1: blur), pooled
+  over a rollout's generated frames, on the pixels seen before (where the memory covers the view:
+  ``observed``) and on the rest (new areas), static surfaces only. The same pixels in every mode;
 * ``dynamic_tokens_written`` / ``dynamic_tokens_visible`` -- tokens on ground-truth moving
   objects that the memory write let into the memory, out of those in the written frames.
+
+With a generator that has an autoencoder, ``EvalResult.autoencoder`` also holds its reconstruction on
+``autoencoder_frames`` held-out frames (:func:`~mirage_gym.training.vae_stage.held_out_reconstruction`:
+mean and worst-decile PSNR, SSIM, detail ratio, colour kept): the ceiling of every generated frame.
 
 Moving-object pixels (ground truth) are left out of every image comparison: they are meant
 to differ between visits.
@@ -43,7 +54,7 @@ from mirage_gym.eval.consistency import (
 from mirage_gym.eval.trajectories import KINDS, EvalTrajectory, eval_trajectories
 from mirage_gym.geometry import intrinsics_from_fov
 from mirage_gym.memory import pool_fraction
-from mirage_gym.metrics import abs_rel, psnr, ssim, to_unit_chw
+from mirage_gym.metrics import abs_rel, detail_ratio, psnr, ssim, to_unit_chw
 from mirage_gym.model.generator import MEMORY_MODES, ChunkOutput
 from mirage_gym.model.protocols import Generator
 from mirage_gym.world import Renderer
@@ -56,6 +67,7 @@ MODES = (*MEMORY_MODES, "oracle")
 METRICS = (
     ("revisit_psnr", "revisit PSNR dB", True),
     ("revisit_ssim", "revisit SSIM", True),
+    ("revisit_psnr_gt", "revisit PSNR vs GT dB", True),
     ("reproj_l1", "reproj L1", False),
     ("flow_epe", "flow EPE px", False),
     ("rot_err_deg", "rot err deg", False),
@@ -63,6 +75,8 @@ METRICS = (
     ("pose_recovered", "pose recovered", True),
     ("depth_abs_rel", "depth abs-rel", False),
     ("fidelity_psnr", "fidelity PSNR dB", True),
+    ("detail_cached", "detail cached", True),
+    ("detail_new", "detail new areas", True),
 )
 
 
@@ -82,14 +96,18 @@ class EvalConfig:
     moving_objects: int = 2
     frame_time: float = 0.25
     seed: int = 0
+    autoencoder_frames: int = 256  # held-out frames of the autoencoder's reconstruction figure (0: none)
 
     @classmethod
     def quick(cls, **overrides: Any) -> EvalConfig:
         """One room per kind and short paths: a minute or two for the default-sized model on 2 cores."""
-        base = dict(rooms=1, chunks={"orbit": 8, "walk_and_return": 6, "look_around": 8, "random_walk": 8})
+        base = dict(rooms=1, chunks={"orbit": 8, "walk_and_return": 6, "look_around": 8, "random_walk": 8},
+                    autoencoder_frames=64)
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:
+        if self.autoencoder_frames < 0:
+            raise ValueError(f"need autoencoder_frames >= 0, got {self.autoencoder_frames}")
         if self.resolution < 8 or self.chunk < 1 or self.rooms < 1:
             raise ValueError(f"need resolution >= 8, chunk >= 1, rooms >= 1; got {self.resolution}, {self.chunk}, "
                              f"{self.rooms}")
@@ -221,8 +239,10 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
         both_static = truth.static[i] & truth.static[j]
         revisit_psnr = _nanmean(_masked(psnr, gen[j], gen[i], both_static))
         revisit_ssim = _nanmean(_masked(ssim, gen[j], gen[i], both_static))
+        revisit_psnr_gt = _nanmean(_masked(psnr, gen[j], gt[i], both_static))
+        revisit_ssim_gt = _nanmean(_masked(ssim, gen[j], gt[i], both_static))
     else:
-        revisit_psnr = revisit_ssim = math.nan
+        revisit_psnr = revisit_ssim = revisit_psnr_gt = revisit_ssim_gt = math.nan
     reproj = reprojection_error(
         run.rgb[:-1], run.rgb[1:], run.depth[:-1], run.depth[1:], cam_to_world[:-1], cam_to_world[1:], intrinsics,
         mask=truth.static[1:],
@@ -232,10 +252,15 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
     seen = truth.observed[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
     fidelity = _masked(psnr, gen[1:], gt[1:], seen)
     depth_err = _masked(abs_rel, run.depth[1:], truth.depth[1:], seen)
+    unseen = ~truth.observed[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
     return {
         "revisit_pairs": len(pairs),
         "revisit_psnr": revisit_psnr,
         "revisit_ssim": revisit_ssim,
+        "revisit_psnr_gt": revisit_psnr_gt,
+        "revisit_ssim_gt": revisit_ssim_gt,
+        "detail_cached": float(detail_ratio(gen[1:], gt[1:], seen, pooled=True)),
+        "detail_new": float(detail_ratio(gen[1:], gt[1:], unseen, pooled=True)),
         "reproj_l1": _nanmean(reproj.l1),
         "reproj_valid": _nanmean(reproj.valid_fraction),
         "flow_epe": _nanmean(epe),
@@ -260,6 +285,7 @@ class EvalResult:
     generator: str
     rows: list[dict[str, Any]]
     summary: dict[str, dict[str, float]]
+    autoencoder: dict[str, float] | None = None  # the generator's autoencoder on held-out frames (None: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -338,4 +364,16 @@ def evaluate(
         bar.close()
         if original is not None:
             generator.set_memory(original)
-    return EvalResult(config=asdict(config), generator=name, rows=rows, summary=summarize(rows, modes))
+    return EvalResult(config=asdict(config), generator=name, rows=rows, summary=summarize(rows, modes),
+                      autoencoder=autoencoder_figures(generator, config))
+
+
+def autoencoder_figures(generator: Generator, config: EvalConfig) -> dict[str, float] | None:
+    """The generator's autoencoder on ``config.autoencoder_frames`` held-out frames (None without one)."""
+    vae = getattr(generator, "vae", None)
+    if generator.renders_ground_truth or vae is None or config.autoencoder_frames <= 0:
+        return None
+    from mirage_gym.training.vae_stage import held_out_reconstruction  # the one definition stage 1 reports too
+
+    return held_out_reconstruction(vae, resolution=config.resolution, fov_deg=config.fov_deg,
+                                   frames=config.autoencoder_frames, seed=config.seed)

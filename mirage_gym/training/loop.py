@@ -18,7 +18,15 @@ rest, the same for all of them, in the plain order of a CleanRL or diffusers scr
   would run code when unpickled is refused with a ``ValueError`` naming it.
 
 Stage-specific events (stage 1 freezing its encoder at a step) are hooks of the stage, not
-loops of their own.
+loops of their own. A stage may also bring an :class:`Adversary` (a GAN discriminator): a module
+with its own loss and its own optimiser, stepped by the same loop right after the stage's step
+(while the stage's loss runs, the adversary's parameters take no gradient), saved in the same
+checkpoint and resumed with it.
+
+A run can also be bounded by CPU time (``fit(..., cpu_budget_s=...)``: the process CPU time of
+its steps, summed over resumes, as ``time.process_time`` counts it), on top of ``settings.steps``.
+The learning-rate schedule stays a function of the step; a run stopped by the budget ends with a
+checkpoint like any other, and is not bit for bit reproducible in its length (CPU time is not).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from mirage_gym.config import Config, StageTraining
 __all__ = [
     "CHECKPOINT",
     "Stage",
+    "Adversary",
     "Fitted",
     "TrainState",
     "fit",
@@ -76,6 +85,32 @@ def step_rng(seed: int, step: int) -> torch.Generator:
 
 
 @dataclass
+class Adversary:
+    """A network trained against a stage's modules (a GAN discriminator), in the same loop.
+
+    Attributes:
+        name: its name in the checkpoint (beside the stage's modules) and in the statistics.
+        module: the adversary; the stage's loss may call it (its parameters are frozen meanwhile).
+        loss: ``loss(batch, rng) -> (loss, stats)``, called after the stage's optimiser step with the
+            same batch and generator (what the stage's loss produced, e.g. reconstructions, the stage
+            keeps for it); ``stats`` are logged as ``train/<name>``.
+        lr: its AdamW learning rate (constant: no warm-up, no decay).
+        betas: its AdamW betas.
+        start: the first step at which it trains (the stage decides when its loss uses it).
+    """
+
+    name: str
+    module: nn.Module
+    loss: Callable[[Any, torch.Generator], tuple[Tensor, dict[str, float]]]
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.99)
+    start: int = 0
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.module.parameters(), lr=self.lr, betas=self.betas, weight_decay=0.0)
+
+
+@dataclass
 class Stage:
     """What a stage gives :func:`fit`.
 
@@ -91,6 +126,7 @@ class Stage:
         images: images ``[N, 3, H, W]`` in ``[0, 1]`` to log every ``10 * log_every`` steps.
         base_modules: modules not saved that switch between train and eval mode with ``modules``
             (a frozen base whose adapters are trained).
+        adversary: an :class:`Adversary` trained against ``modules`` (None: none).
     """
 
     name: str
@@ -102,29 +138,42 @@ class Stage:
     before_step: Callable[[int], None] | None = None
     images: Callable[[], dict[str, Tensor]] | None = None
     base_modules: tuple[nn.Module, ...] = ()
+    adversary: Adversary | None = None
 
     def train(self, mode: bool = True) -> None:
-        for module in (*self.modules.values(), *self.base_modules):
+        extra = (self.adversary.module,) if self.adversary is not None else ()
+        for module in (*self.modules.values(), *self.base_modules, *extra):
             module.train(mode)
+
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """What the checkpoint holds: ``modules`` and the adversary."""
+        if self.adversary is None:
+            return dict(self.modules)
+        if self.adversary.name in self.modules:
+            raise ValueError(f"stage {self.name}: the adversary's name {self.adversary.name!r} is one of its modules'")
+        return {**self.modules, self.adversary.name: self.adversary.module}
 
 
 @dataclass
 class Fitted:
-    """What :func:`fit` leaves: the steps done, the run's wall time (over resumes) and the last logged
+    """What :func:`fit` leaves: the steps done, the run's wall and CPU time (over resumes) and the last logged
     statistics (``train/<name>``, ``val/<name>``; empty when the run had no step left)."""
 
     first_step: int  # where this call started: 0, or the step it resumed at
     step: int
     wall_time_s: float
     stats: dict[str, float]
+    cpu_time_s: float = 0.0  # process CPU seconds of the steps, over resumes
 
 
 class TrainState:
-    """Step counter, wall time and a stage's own small records (``extra``, plain data), carried across resumes."""
+    """Step counter, wall time, CPU time of the steps and a stage's own small records (``extra``, plain data),
+    carried across resumes."""
 
     def __init__(self) -> None:
         self.step = 0
         self.wall_time = 0.0
+        self.cpu_time = 0.0  # process CPU seconds spent in steps (time.process_time), over resumes
         self.extra: dict[str, Any] = {}
         self._started = time.perf_counter()
 
@@ -132,11 +181,12 @@ class TrainState:
         return self.wall_time + time.perf_counter() - self._started
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "wall_time": self.elapsed(), "extra": self.extra}
+        return {"step": self.step, "wall_time": self.elapsed(), "cpu_time": self.cpu_time, "extra": self.extra}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.wall_time = float(state["wall_time"])
+        self.cpu_time = float(state.get("cpu_time", 0.0))
         self.extra = dict(state.get("extra", {}))
         self._started = time.perf_counter()
 
@@ -150,18 +200,24 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     state: TrainState | None = None,
+    cpu_budget_s: float | None = None,
 ) -> Fitted:
     """Train ``stage`` for ``settings.steps`` steps in the run folder ``out`` (resuming from its checkpoint).
 
     ``state`` lets a stage read and write ``state.extra`` from its hooks (kept in the checkpoint).
+    ``cpu_budget_s`` also ends the run (with a checkpoint) once its steps have used that many
+    process CPU seconds, counted over resumes.
     """
     params = stage.param_groups or [
         {"params": [p for m in stage.modules.values() for p in m.parameters() if p.requires_grad]}
     ]
     trained = [p for group in params for p in group["params"]]
     optimizer, scheduler = make_optimizer(params, settings.lr, settings.warmup, settings.steps)
+    adversary = stage.adversary
+    adv_optimizer = adversary.optimizer() if adversary is not None else None
+    saved = stage.saved_modules()
     state = state if state is not None else TrainState()
-    if resume and load_checkpoint(out, state, stage.modules, optimizer, scheduler):
+    if resume and load_checkpoint(out, state, saved, optimizer, scheduler, adv_optimizer):
         print(f"resumed {out} at step {state.step}")
     first_step = state.step
     writer = SummaryWriter(str(out / "tb"))
@@ -169,20 +225,36 @@ def fit(
                dynamic_ncols=True)
     stats: dict[str, float] = {}
     stage.train()
-    while state.step < settings.steps:
+
+    def out_of_budget() -> bool:
+        return cpu_budget_s is not None and state.cpu_time >= cpu_budget_s
+
+    while state.step < settings.steps and not out_of_budget():
+        cpu_start = time.process_time()
         if stage.before_step is not None:
             stage.before_step(state.step)
         rng = step_rng(settings.seed, state.step)
         torch.manual_seed(derived_seed(settings.seed, state.step) + _GLOBAL_SALT)  # modules' own draws (dropout)
-        loss, step_stats = stage.loss(stage.batch(state.step, rng), rng)
+        batch = stage.batch(state.step, rng)
+        if adversary is not None:
+            adversary.module.requires_grad_(False)  # the stage's loss may read it; only the stage learns here
+        loss, step_stats = stage.loss(batch, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         scheduler.step()
+        if adversary is not None and state.step >= adversary.start:
+            adversary.module.requires_grad_(True)
+            adv_loss, adv_stats = adversary.loss(batch, rng)
+            adv_optimizer.zero_grad(set_to_none=True)
+            adv_loss.backward()
+            adv_optimizer.step()
+            step_stats = {**step_stats, **adv_stats}
         state.step += 1
+        state.cpu_time += time.process_time() - cpu_start
         bar.update(1)
-        last = state.step == settings.steps
+        last = state.step == settings.steps or out_of_budget()
         if state.step % settings.log_every == 0 or last:
             logged = {f"train/{k}": v for k, v in step_stats.items()} | {"train/lr": scheduler.get_last_lr()[0]}
             if stage.validate is not None:
@@ -198,11 +270,14 @@ def fit(
             for key, images in stage.images().items():
                 writer.add_images(f"images/{key}", images, state.step)
         if state.step % settings.checkpoint_every == 0 or last:
-            save_checkpoint(out, state, stage.modules, optimizer, scheduler, config)
+            save_checkpoint(out, state, saved, optimizer, scheduler, config, adv_optimizer)
     bar.close()
     writer.close()
     stage.train(False)
-    return Fitted(first_step=first_step, step=state.step, wall_time_s=state.elapsed(), stats=stats)
+    if adversary is not None:
+        adversary.module.requires_grad_(True)
+    return Fitted(first_step=first_step, step=state.step, wall_time_s=state.elapsed(), stats=stats,
+                  cpu_time_s=state.cpu_time)
 
 
 # ---------------------------------------------------------------------- settings and the command line
@@ -280,7 +355,7 @@ def load_tensors(path: Path) -> dict[str, Any]:
 
 def save_checkpoint(
     out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any,
-    config: Config,
+    config: Config, adversary_optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
     payload = {
         "train_state": state.state_dict(),
@@ -289,12 +364,15 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "config": config.to_dict(),
     }
+    if adversary_optimizer is not None:
+        payload["adversary_optimizer"] = adversary_optimizer.state_dict()
     save_tensors(out / CHECKPOINT, payload)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
 
 def load_checkpoint(
-    out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any
+    out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any,
+    adversary_optimizer: torch.optim.Optimizer | None = None,
 ) -> bool:
     """Restore from ``out/checkpoint.pt``; returns False when there is none."""
     path = out / CHECKPOINT
@@ -308,5 +386,9 @@ def load_checkpoint(
         module.load_state_dict(payload["modules"][name])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    if adversary_optimizer is not None:
+        if "adversary_optimizer" not in payload:
+            raise ValueError(f"checkpoint {path} has no adversary optimiser: it was written without the adversary")
+        adversary_optimizer.load_state_dict(payload["adversary_optimizer"])
     state.load_state_dict(payload["train_state"])
     return True

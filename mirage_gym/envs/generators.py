@@ -151,6 +151,8 @@ def model_geometry(
 
     folder = _spec_folder(spec)
     recorded = recorded_geometry(folder) if folder is not None and folder.is_dir() else {}
+    if resolution is not None:
+        generator.check_geometry(check_setting("resolution", resolution), 1)  # a bad size is named as such
     if resolution is None:
         low, high = int(BOUNDS["resolution"][0]), int(BOUNDS["resolution"][1])
         wanted = [recorded["resolution"]] if "resolution" in recorded else []

@@ -189,9 +189,10 @@ class _MirageEnv(gym.Env):
 
     @property
     def scene(self):
-        """The ground-truth scene of the current episode (``None`` before the first reset)."""
+        """The ground-truth scene of the current episode (``None`` before the first reset, and for an episode
+        started from a picture, which has no house)."""
         sub = self.simulator.subenv(0)
-        return None if sub is None else sub.world.scene
+        return None if sub is None or sub.world is None else sub.world.scene
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         self.simulator.check_options(options)  # before anything changes, the seed included

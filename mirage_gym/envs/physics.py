@@ -522,8 +522,9 @@ class GeneratedPhysics:
 
     def maps(self) -> dict[str, Any]:
         """What the physics holds, for a viewer: ``obstacle`` (bool, cells holding a surface the body
-        can touch, ``voxel`` m) and ``seen`` (bool, floor shown free, ``free_cell`` m) grids, each with
-        the world ``(x, y)`` of its cell ``(0, 0)``'s corner as ``*_origin``; rows run along ``y``."""
+        can touch, ``voxel`` m, given as ``obstacle_cell``) and ``seen`` (bool, floor shown free,
+        ``free_cell`` m) grids, each with the world ``(x, y)`` of its cell ``(0, 0)``'s corner as
+        ``*_origin``; rows run along ``y``."""
         self._check_reset()
         low = _Grid(self.voxel, np.float32, np.inf)
         for grid in (self._kept, self._chunk):
@@ -532,6 +533,7 @@ class GeneratedPhysics:
         return {
             "obstacle": low.data < self._camera_z + self.radius,
             "obstacle_origin": (low.j0 * low.cell, low.i0 * low.cell),
+            "obstacle_cell": self.voxel,
             "seen": self._seen.data.copy(),
             "seen_origin": (self._seen.j0 * self._seen.cell, self._seen.i0 * self._seen.cell),
         }

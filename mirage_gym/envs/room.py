@@ -85,7 +85,14 @@ _PHYSICS = """
       ``options["start_image"]`` is a ``ValueError``.
 
     Why the house stays the default for procedural starts: generated physics is only as good as
-    the generated depth. FIGURES
+    the generated depth. With exact depth (the oracle, ``mirage-gym eval collisions``, 20 random-walk
+    episodes of 50 moves in held-out houses) it agrees with the house on "blocked" at F1 0.861 in
+    the space the frames have shown (precision 0.969, recall 0.775), 0.573 overall: the
+    unseen-space rule stops 22 % of random moves, most of which the house allows. The shipped
+    model's depth is still coarse (abs-rel 0.60 on generated frames), so its walls are not yet
+    where its frames show them. Generated physics costs about 3 ms of numpy per step, about 1 %
+    of the generator's step (``python -m mirage_gym.bench.physics``; budget 10 %). Ask for it with
+    ``physics="generated"`` (e.g. to train in the generated world alone, dream-to-real).
 """
 
 _STARTING_STATE = """

@@ -1,8 +1,10 @@
 """Start the generated world from your own picture, then walk forward and turn.
 
 The image is resized (centre-cropped to a square) to the env's resolution and given as
-``reset(options={"start_image": ...})``; the procedural room still decides collisions and
-rewards. Without --image, a view of another room stands in for your photo.
+``reset(options={"start_image": ...})``. No procedural house stands behind a picture: the
+generated world itself decides collisions and rewards (``physics="generated"``: its shown
+surfaces block, and the body walks only over floor the frames have shown). Without --image, a
+view of a procedural room stands in for your photo.
 
     .venv/bin/python examples/start_from_image.py --image my_room.jpg --out from_image.mp4
 """
@@ -42,20 +44,26 @@ def main() -> None:
     parser.add_argument("--image", help="a picture file (any size; centre-cropped and resized)")
     parser.add_argument("--generator", default="default", help="'default' or a model folder")
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--chunk", type=int, default=4)
+    parser.add_argument("--resolution", type=int, default=None, help="default: the model's")
+    parser.add_argument("--chunk", type=int, default=None, help="default: the model's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="from_image.mp4")
     args = parser.parse_args()
 
-    image = load_square(args.image, args.resolution) if args.image else stand_in_photo(args.resolution)
     env = MirageRoomEnv(generator=args.generator, resolution=args.resolution, chunk=args.chunk)
-    obs, _ = env.reset(seed=args.seed, options={"start_image": image})
+    size = env.simulator.resolution  # the model's unless given
+    image = load_square(args.image, size) if args.image else stand_in_photo(size)
+    obs, info = env.reset(seed=args.seed, options={"start_image": image})
     frames = [obs["rgb"][0]]
+    blocked = []
     for k in range(args.steps):
         action = np.array([0.6, 0.0, 0.4 if k % 8 < 4 else -0.4, 0.0], np.float32)
-        obs, *_ = env.step(action)
+        obs, _, _, _, info = env.step(action)
         frames.extend(obs["rgb"])
+        if info["collided"]:
+            blocked.append(f"step {k}: {info['blocked_by']}")
+    print(f"physics {info['physics']}: floor shown {info['coverage']:.1f} m^2, stopped {len(blocked)} times "
+          f"({', '.join(blocked) or 'never'})")
     print(f"{len(frames)} frames -> {write_video(args.out, np.stack(frames), fps=8)}")
 
 

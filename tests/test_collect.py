@@ -355,3 +355,27 @@ def test_a_dataset_from_before_the_identity_is_continued_with_a_warning(tmp_path
     metadata_file.write_text(json.dumps(metadata))
     with pytest.warns(UserWarning, match="cannot check that it is continued with the same model"):
         assert run_collect(tmp_path, "mirage/old-v0", episodes=2).total_episodes == 2
+
+
+def test_the_physics_is_recorded_and_a_dataset_keeps_its_physics(tmp_path, capsys):
+    generated = {**ENV_KWARGS, "physics": "generated"}
+    result = run_collect(tmp_path, "mirage/physics-v0", env_kwargs=generated, episodes=2, num_envs=2)
+    metadata = json.loads((result.path / "data/metadata.json").read_text())
+    assert "physics 'generated'" in metadata["description"]
+    stored = json.dumps(metadata)
+    assert '"physics": "generated"' in stored
+    episode = episodes_of(result.path)[0]
+    assert set(episode.infos["physics"]) == {b"generated"} or set(episode.infos["physics"]) == {"generated"}
+    assert "blocked_by" in episode.infos
+    with pytest.raises(ValueError, match="other settings.*'physics': 'generated'.*'physics': 'ground_truth'"):
+        run_collect(tmp_path, "mirage/physics-v0", env_kwargs={**ENV_KWARGS, "physics": "ground_truth"}, episodes=3)
+    with pytest.raises(ValueError, match="physics must be one of"):
+        run_collect(tmp_path, "mirage/physics-bad-v0", env_kwargs={**ENV_KWARGS, "physics": "house"}, episodes=1)
+    # The command line: --physics, and resolution/chunk from the model when not given.
+    argv = ["collect", "--episodes", "1", "--num-envs", "1", "--generator", "oracle", "--room-seeds", "0",
+            "--max-episode-steps", "2", "--out", str(tmp_path), "--dataset-id", "mirage/physics-cli-v0",
+            "--no-progress", "--no-preview", "--physics", "generated"]
+    assert cli.main(argv) == 0
+    cli_metadata = json.loads((tmp_path / "mirage/physics-cli-v0/data/metadata.json").read_text())
+    assert "physics 'generated'" in cli_metadata["description"]
+    assert '"physics": "generated"' in json.dumps(cli_metadata)

@@ -278,3 +278,20 @@ def test_eval_collisions_command(tmp_path, capsys):
     data = json.loads((out / "collisions.json").read_text())
     assert data["results"][0]["steps"] == 2 and (out / "collisions.md").is_file()
     assert main(["eval", "--generator", "oracle"]) == 2  # the consistency eval still needs --out
+
+
+def test_cost_keywords_are_checked_and_keyframes_take_the_chunks_end():
+    for kwargs, message in (({"keyframes": 0}, "keyframes"), ({"keyframes": 1.5}, "keyframes"),
+                            ({"footprint": -0.1}, "footprint"), ({"obstacle_range": 0}, "obstacle_range")):
+        with pytest.raises(ValueError, match=message):
+            GeneratedPhysics(**kwargs)
+    assert GeneratedPhysics(0.2).obstacle_range == pytest.approx(3.0 + 0.2 + 0.05)
+    # A wall 1 m ahead only in the chunk's last frame: the default (keyframes=1) takes it in; a first
+    # frame showing nothing (max depth) does not matter.
+    pose = geometry.pose_from_position_yaw_pitch(torch.tensor([0.0, 0.0, 1.4]), torch.tensor(0.0), torch.tensor(0.0))
+    depth = np.stack([np.full((SIZE, SIZE), 20.0), np.full((SIZE, SIZE), 1.0)])
+    physics = GeneratedPhysics(RADIUS, max_depth=20.0)
+    physics.reset(pose)
+    physics.observe(depth, torch.stack([pose, pose]), K)
+    end, blocked = physics.move(np.array([0.0, 0.0, 1.4]), np.array([1.0, 0.0, 1.4]))
+    assert blocked and physics.last_block == "obstacle" and abs(end[0] - (1.0 - RADIUS)) <= 0.05

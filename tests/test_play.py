@@ -24,7 +24,7 @@ from mirage_gym import cli
 from mirage_gym.envs import generators
 from mirage_gym.play import PlaySession, decode_start_image
 from mirage_gym.play.latent_rgb import LatentColorProbe, calibration_colors
-from mirage_gym.play.server import TAKEN, create_app
+from mirage_gym.play.server import TAKEN, create_app, update_message
 from mirage_gym.play.topdown import TopDownMap
 from mirage_gym.world import make_scene
 from tiny_generator import CHUNK, RESOLUTION, save_tiny_generator
@@ -97,6 +97,37 @@ def test_bad_seed_leaves_the_scene(oracle, seed):
     with pytest.raises(ValueError, match="seed must be"):
         oracle.reset(seed)
     assert oracle.latest is before
+
+
+def test_the_viewer_shows_the_physics_and_where_the_body_was_stopped():
+    session = PlaySession(**ORACLE, physics="generated")
+    first = session.latest
+    assert first.physics == "generated" and first.blocked_by is None
+    for _ in range(40):
+        update = session.step(FORWARD)
+        if update.collided:
+            break
+    assert update.collided and update.blocked_by == "obstacle"
+    message = update_message(update)
+    assert message["physics"] == "generated" and message["blocked_by"] == "obstacle"
+    # Generated obstacles are drawn on the map (red), and the stop is marked.
+    red = (update.map[..., 0] > 150) & (update.map[..., 1] < 120) & (update.map[..., 2] < 120)
+    assert red.sum() > 20
+    house = PlaySession(**ORACLE)
+    assert house.latest.physics == "ground_truth"
+
+
+def test_a_picture_in_a_generated_world_has_no_house(tiny_folder):
+    session = PlaySession(tiny_folder, resolution=RESOLUTION, chunk=CHUNK, seed=3)
+    start = session.latest
+    assert start.physics == "ground_truth" and start.room_seed is not None
+    picture = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    update = session.start_from_image(png_bytes(picture))
+    assert update.physics == "generated" and update.room_seed is None and update.start_image
+    assert np.array_equal(update.pose, start.pose)  # the picture restarts from the same start pose
+    update = session.step([-1.0, 0.0, 0.0, 0.0])  # backwards: space the picture never showed
+    assert update.collided and update.blocked_by == "unseen"
+    assert update_message(update)["room_seed"] is None
 
 
 def test_decode_start_image_crops_the_centre_and_resizes():

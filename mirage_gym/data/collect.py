@@ -171,7 +171,9 @@ def collect(
     # Everything that decides the episodes' content, and nothing that does not (num_envs, backend...).
     config = {"env_id": env_id, "env_kwargs": env_kwargs, "max_episode_steps": max_episode_steps,
               "policy": policy_config, "seed": seed}
-    identity = generator_identity(env_kwargs.get("generator", "default"), physics=env_kwargs.get("physics"))
+    # Collection starts every episode in a procedural house, where physics=None means the house's.
+    identity = generator_identity(env_kwargs.get("generator", "default"), physics=collected_physics(env_kwargs))
+    chunk = env_kwargs.get("chunk")  # None: the model's, read from the env's observation space below
 
     started = time.perf_counter()
     with DatasetWriter(out, dataset_id, config, compression=compression, previews=previews,
@@ -197,6 +199,7 @@ def collect(
                              description=_description(env_id, env_kwargs, policy_config, seed),
                              extra={**_extra(env_kwargs, policy_config, seed), _MODEL_KEY: identity})
                 startup = time.perf_counter() - started
+                chunk = chunk or source.observation_space["rgb"].shape[0]
                 collected, frames, seconds = _write_all(writer, source.run(pending), episodes, progress)
             finally:
                 source.close()
@@ -206,8 +209,27 @@ def collect(
         return CollectResult(
             dataset_id=dataset_id, path=writer.path, total_episodes=total, episodes=collected,
             generated_frames=frames, seconds=seconds, startup_seconds=startup, dataset_bytes=writer.dataset_bytes,
-            stored_frames=(steps + total) * int(env_kwargs.get("chunk", 4)), compression=compression,
+            stored_frames=(steps + total) * int(chunk or _stored_chunk(writer)), compression=compression,
         )
+
+
+def collected_physics(env_kwargs: dict[str, Any]) -> str:
+    """The physics a collection's episodes run under: ``env_kwargs["physics"]``, or the house's (the env default
+    for the procedural starts that collection uses)."""
+    from mirage_gym.envs.physics import check_physics
+
+    physics = env_kwargs.get("physics")
+    return "ground_truth" if physics is None else check_physics(physics)
+
+
+def _stored_chunk(writer: DatasetWriter) -> int:
+    """Frames per observation of a dataset's stored observation space (0 when it has none yet)."""
+    text = (writer.metadata or {}).get("observation_space")
+    if not text:
+        return 0
+    from minari.serialization import deserialize_space
+
+    return int(deserialize_space(text)["rgb"].shape[0])
 
 
 def _sha256(path: Path) -> str:
@@ -277,9 +299,10 @@ def _model_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]
             changes.append(f"{name} added")
         elif old[name] != new[name]:
             changes.append(f"{name} changed (sha256 {old[name][:12]}... -> {new[name][:12]}...)")
-    for key, what in (("package_version", "mirage-gym version"), ("physics", "physics")):
-        if stored.get(key) != current.get(key):
-            changes.append(f"{what} {stored.get(key)!r} -> {current.get(key)!r}")
+    for key, what, before in (("package_version", "mirage-gym version", None),
+                              ("physics", "physics", "ground_truth")):  # datasets before physics= had the house's
+        if stored.get(key, before) != current.get(key, before):
+            changes.append(f"{what} {stored.get(key, before)!r} -> {current.get(key, before)!r}")
     return changes
 
 
@@ -338,7 +361,8 @@ def _algorithm_name(policy_config: Any) -> str:
 
 def _description(env_id: str, env_kwargs: dict[str, Any], policy_config: Any, seed: int) -> str:
     return (f"{env_id} rollouts by the {_algorithm_name(policy_config)} policy, generator "
-            f"{env_kwargs.get('generator', 'default')!r}, memory {env_kwargs.get('memory', 'latent')!r}; "
+            f"{env_kwargs.get('generator', 'default')!r}, memory {env_kwargs.get('memory', 'latent')!r}, physics "
+            f"{collected_physics(env_kwargs)!r}; "
             f"episode k was reset with seed {seed} + k. Written by mirage-gym collect.")
 
 
@@ -346,7 +370,7 @@ def _extra(env_kwargs: dict[str, Any], policy_config: Any, seed: int) -> dict[st
     from mirage_gym import provenance
 
     return {"generator": env_kwargs.get("generator", "default"), "memory": env_kwargs.get("memory", "latent"),
-            "policy": policy_config, "seed": seed, "episode_seeds": "episode k: seed + k",
+            "physics": collected_physics(env_kwargs), "policy": policy_config, "seed": seed, "episode_seeds": "episode k: seed + k",
             "provenance": provenance.collect()}
 
 
@@ -366,8 +390,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="episode k is reset with seed + k")
     parser.add_argument("--generator", default="default", help="'default', 'oracle' or a model folder")
     parser.add_argument("--memory", default="latent", choices=["latent", "pixel", "none"])
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--chunk", type=int, default=4)
+    parser.add_argument("--resolution", type=int, default=None, help="frame size (default: the model's)")
+    parser.add_argument("--chunk", type=int, default=None, help="frames per step (default: the model's)")
+    parser.add_argument("--physics", default=None, choices=["generated", "ground_truth"],
+                        help="what decides collisions and rewards: the generated world or the procedural house "
+                             "(default: the env's, the house for these procedural starts); recorded in the dataset")
     parser.add_argument("--room-seeds", type=int, nargs="+", help="procedural rooms to draw from (default: any)")
     parser.add_argument("--max-episode-steps", type=int, help="truncation (default: the registration's)")
     parser.add_argument("--device", default="cpu")
@@ -381,8 +408,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    env_kwargs = {"generator": args.generator, "memory": args.memory, "resolution": args.resolution,
-                  "chunk": args.chunk, "device": args.device}
+    env_kwargs = {"generator": args.generator, "memory": args.memory, "device": args.device}
+    for key in ("resolution", "chunk", "physics"):  # unset: the env's default (the model's, the house's)
+        if getattr(args, key) is not None:
+            env_kwargs[key] = getattr(args, key)
     if args.room_seeds is not None:
         env_kwargs["room_seeds"] = args.room_seeds
     try:

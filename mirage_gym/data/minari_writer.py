@@ -408,7 +408,12 @@ def _encode_infos(infos: Mapping[str, np.ndarray], rows: int) -> pa.StructArray:
     arrays, fields = [], []
     for key, values in infos.items():
         values = np.asarray(values)
-        if values.ndim == 1:
+        if values.ndim == 1 and values.dtype == object and all(v is None or isinstance(v, str) for v in values):
+            # Text that may be missing (info["blocked_by"]: "obstacle", "unseen" or None): always a string
+            # column, so an episode that was never blocked (all None) has the type of one that was.
+            array = pa.array(values.tolist(), type=pa.string())
+            fields.append(pa.field(key, array.type))
+        elif values.ndim == 1:
             array = pa.array(values)
             fields.append(pa.field(key, array.type))
         else:

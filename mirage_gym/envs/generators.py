@@ -9,6 +9,7 @@ is the only place that knows it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from mirage_gym.model.generator import MEMORY_MODES, MirageGenerator
 from mirage_gym.model.pretrained import MIRAGE_CONFIG
 from mirage_gym.model.protocols import Generator
 
-__all__ = ["GeneratorSpec", "default_weights_path", "load_generator"]
+__all__ = ["GeneratorSpec", "default_weights_path", "load_generator", "model_geometry", "recorded_geometry"]
 
 GeneratorSpec = str | Path | Generator
+DEFAULT_RESOLUTION = 128  # frame size when the model records none: the smallest size it takes from here up
+MIN_DEFAULT_CHUNK = 4  # frames per step when the model records none: the smallest chunk it takes from here up
 
 
 def default_weights_path() -> Path:
@@ -88,3 +91,86 @@ def load_generator(
         kwargs["num_inference_steps"] = int(num_inference_steps)
     return MirageGenerator.from_pretrained(folder, device=device, **kwargs).eval()
 
+
+
+def _spec_folder(spec: GeneratorSpec) -> Path | None:
+    if not isinstance(spec, (str, Path)) or spec == "oracle":
+        return None
+    return default_weights_path() if spec == "default" else Path(spec)
+
+
+def recorded_geometry(folder: str | Path) -> dict[str, int]:
+    """The frame size and chunk a model folder says it was trained for (``{"resolution": .., "chunk": ..}``,
+    either may be missing).
+
+    Read from ``mirage_config.json`` (keys ``resolution``, ``chunk_frames``) or else from the
+    training run's ``config.json`` beside the folder (``mirage-gym train`` writes the model to
+    ``<run>/model`` or ``<run>/lora`` and its typed config, ``model.resolution`` and
+    ``model.chunk_frames``, to ``<run>/config.json``). Unreadable files record nothing.
+    """
+    folder = Path(folder)
+    found: dict[str, int] = {}
+    sources = [(folder / MIRAGE_CONFIG, lambda c: c), (folder.parent / "config.json", lambda c: c.get("model"))]
+    for path, pick in sources:
+        if not (path.is_file() and (folder / MIRAGE_CONFIG).is_file()):  # only beside a Mirage folder
+            continue
+        try:
+            section = pick(json.loads(path.read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(section, dict):
+            continue
+        for key, name in (("resolution", "resolution"), ("chunk_frames", "chunk")):
+            value = section.get(key)
+            if name not in found and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+                found[name] = value
+    return found
+
+
+def _fits(generator: Generator, resolution: int, chunk: int) -> bool:
+    try:
+        generator.check_geometry(resolution, chunk)
+    except ValueError:
+        return False
+    return True
+
+
+def model_geometry(
+    generator: Generator, spec: GeneratorSpec, resolution: int | None, chunk: int | None
+) -> tuple[int, int]:
+    """The env's frame size and chunk: the given values (checked against the model), or what it generates.
+
+    ``None`` is resolved from the model: the value recorded with its folder
+    (:func:`recorded_geometry`) if it fits, else the smallest size from :data:`DEFAULT_RESOLUTION`
+    up that its VAE and patch take (128 for the shipped model, for Wan2.2 5B (32-pixel multiple)
+    and A14B (16)), and the smallest chunk from :data:`MIN_DEFAULT_CHUNK` up that its VAE takes
+    (4 for a per-frame VAE, 5 for a temporal Wan VAE, which needs ``1 + 4k`` frames). Explicit
+    values that do not fit are a ``ValueError`` from :meth:`Generator.check_geometry`.
+    """
+    from mirage_gym.envs.simulator import BOUNDS, check_setting
+
+    folder = _spec_folder(spec)
+    recorded = recorded_geometry(folder) if folder is not None and folder.is_dir() else {}
+    if resolution is not None:
+        generator.check_geometry(check_setting("resolution", resolution), 1)  # a bad size is named as such
+    if resolution is None:
+        low, high = int(BOUNDS["resolution"][0]), int(BOUNDS["resolution"][1])
+        wanted = [recorded["resolution"]] if "resolution" in recorded else []
+        # Chunk 1 fits every VAE (1 + 4 * 0 frames), so it tests the frame size alone.
+        resolution = next((r for r in [*wanted, *range(max(DEFAULT_RESOLUTION, low), high + 1)]
+                           if low <= r <= high and _fits(generator, r, 1)), None)
+        if resolution is None:
+            raise ValueError(f"no square frame size from {DEFAULT_RESOLUTION} to {high} fits this generator: pass "
+                             "resolution= explicitly")
+    resolution = check_setting("resolution", resolution)
+    if chunk is None:
+        low, high = int(BOUNDS["chunk"][0]), int(BOUNDS["chunk"][1])
+        wanted = [recorded["chunk"]] if "chunk" in recorded else []
+        chunk = next((c for c in [*wanted, *range(MIN_DEFAULT_CHUNK, high + 1)]
+                      if low <= c <= high and _fits(generator, resolution, c)), None)
+        if chunk is None:
+            raise ValueError(f"no chunk from {MIN_DEFAULT_CHUNK} to {high} frames fits this generator: pass chunk= "
+                             "explicitly")
+    chunk = check_setting("chunk", chunk)
+    generator.check_geometry(resolution, chunk)  # explicit values: the model's own error, naming the problem
+    return resolution, chunk

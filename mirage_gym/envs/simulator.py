@@ -6,10 +6,13 @@ sub-environment keeps its own ground-truth room, pose, clock, random streams and
 A single environment is the case ``N = 1``, so a sub-environment of the vector env and a
 single env seeded alike see the same observations.
 
-The ground-truth :class:`~mirage_gym.world.Scene` of a sub-environment is used only for
-collisions, the coverage and navigation rewards, goals, start images and the optional
-ground-truth render panel; observations come from the generator (or, in oracle mode, from
-:class:`~mirage_gym.envs.oracle.OracleGenerator`).
+Physics (:data:`PHYSICS`) is decided per episode. Under ``"ground_truth"`` the sub-environment's
+procedural :class:`~mirage_gym.world.Scene` decides collisions, coverage and goals. Under
+``"generated"`` a :class:`~mirage_gym.envs.physics.GeneratedPhysics` per sub-environment decides
+them from what the generator returned (each chunk's depth and poses, and its latent cache), and
+a start picture has no house at all (``_SubEnv.world`` is ``None``). The house is otherwise used
+only for start images and the optional ground-truth render panel; observations come from the
+generator (or, in oracle mode, from :class:`~mirage_gym.envs.oracle.OracleGenerator`).
 """
 
 from __future__ import annotations
@@ -27,17 +30,24 @@ from torch import Tensor
 
 from mirage_gym import geometry
 from mirage_gym.envs.actions import ACTION_TYPES, single_action_space
-from mirage_gym.envs.generators import GeneratorSpec, load_generator
-from mirage_gym.envs.tasks import Episode, Task, TaskState, Transition
+from mirage_gym.envs.generators import GeneratorSpec, load_generator, model_geometry
+from mirage_gym.envs.physics import PHYSICS, GeneratedPhysics, check_physics
+from mirage_gym.envs.tasks import Episode, GeneratedCoverage, Task, TaskState, Transition
 from mirage_gym.envs.worlds import World, get_world
+from mirage_gym.world.generate import CAMERA_HEIGHT
 from mirage_gym.model.generator import MEMORY_MODES
 from mirage_gym.video import colorize_depth, side_by_side
 
-__all__ = ["BOUNDS", "MirageSimulator", "RENDER_LAYOUTS", "ROOM_SEED_RANGE", "SimulatorSettings"]
+__all__ = ["BOUNDS", "MirageSimulator", "PHYSICS", "PICTURE_START_POSE", "RENDER_LAYOUTS", "ROOM_SEED_RANGE",
+           "SimulatorSettings"]
 
 RENDER_LAYOUTS = ("frame", "grid")
 ROOM_SEED_RANGE = 2**31 - 1  # room seeds are drawn from [0, ROOM_SEED_RANGE) unless room_seeds is given
 BASE_OPTIONS = frozenset({"room_seed", "start_image", "start_pose"})
+# Where a start picture puts the camera unless options["start_pose"] says otherwise: at the origin, 1.4 m
+# above the floor (z = 0), looking along +x, level. No house stands behind a picture, so nothing else decides it.
+PICTURE_START_POSE = geometry.pose_from_position_yaw_pitch(
+    torch.tensor([0.0, 0.0, CAMERA_HEIGHT]), torch.tensor(0.0), torch.tensor(0.0))
 
 
 # Physically sensible ranges of the numeric settings: (low, high, low included, unit). Outside them
@@ -93,10 +103,10 @@ class SimulatorSettings:
     """``"default"``, ``"oracle"``, a model folder, or a ready generator."""
     memory: str = "latent"
     """Scene memory: ``"latent"``, ``"pixel"`` or ``"none"``."""
-    resolution: int = 128
-    """Square frame size in pixels."""
-    chunk: int = 4
-    """Frames generated per step."""
+    resolution: int | None = None
+    """Square frame size in pixels (``None``: what the model generates, see :func:`model_geometry`)."""
+    chunk: int | None = None
+    """Frames generated per step (``None``: what the model generates, see :func:`model_geometry`)."""
     fov: float = 90.0
     """Horizontal field of view, degrees."""
     num_inference_steps: int | None = None
@@ -125,8 +135,13 @@ class SimulatorSettings:
     """Add ``info["step_time"]`` (wall-clock, so off by default: identical runs give identical infos)."""
     device: torch.device | str = "cpu"
     """Where the generator runs."""
+    physics: str | None = None
+    """``"generated"``, ``"ground_truth"``, or ``None``: the house's for a procedural start, generated for a
+    start picture (see :mod:`mirage_gym.envs.physics` and the env docstrings)."""
 
     def __post_init__(self) -> None:
+        if self.physics is not None:
+            check_physics(self.physics)
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in BOUNDS and value is not None:
@@ -149,18 +164,21 @@ class SimulatorSettings:
 class _SubEnv:
     """The state of one sub-environment's episode."""
 
-    world: World
+    world: World | None  # the procedural house (None: a start picture with a generated world)
     pose: Tensor  # [4, 4] cam_to_world after the last step
     noise: torch.Generator  # generation noise, seeded from the sub-env's np_random at reset
     task_state: TaskState  # the task's per-episode state (coverage, goal...)
     rgb: np.ndarray  # [H, W, 3] last frame (for render)
     depth: np.ndarray  # [H, W] its depth
+    physics: str = "ground_truth"  # the physics in force this episode
+    body: GeneratedPhysics | None = None  # generated physics' state (None under ground-truth physics)
+    blocked_by: str | None = None  # why the last move stopped: "obstacle", "unseen" or None
     time: float = 0.0  # seconds since the start (moving objects)
     frames: int = 0  # frames generated this episode
 
     @property
     def coverage(self) -> float:
-        """Fraction of the navigable floor seen this episode."""
+        """Fraction of the navigable floor seen this episode (``nan`` under generated physics: no total)."""
         return self.task_state.coverage.fraction
 
 
@@ -179,8 +197,7 @@ class MirageSimulator:
         self.settings = settings
         self.num_envs = check_setting("num_envs", num_envs)
         self.task = task
-        self.resolution = settings.resolution
-        self.chunk = settings.chunk
+        self.physics = settings.physics
         self.fov = settings.fov
         self.room_seeds = None if settings.room_seeds is None else list(settings.room_seeds)
         self.num_rooms = settings.num_rooms
@@ -196,7 +213,8 @@ class MirageSimulator:
             settings.generator, memory=settings.memory, num_inference_steps=settings.num_inference_steps,
             device=settings.device, frame_time=self.frame_time, max_depth=settings.max_depth,
         )
-        self.generator.check_geometry(self.resolution, self.chunk)
+        self.resolution, self.chunk = model_geometry(self.generator, settings.generator, settings.resolution,
+                                                     settings.chunk)
         self.max_depth = float(self.generator.max_depth)
         self.intrinsics = geometry.intrinsics_from_fov(self.fov, self.resolution, self.resolution)
         self.option_keys = BASE_OPTIONS | task.option_keys
@@ -289,31 +307,65 @@ class MirageSimulator:
 
     # ------------------------------------------------------------------ reset
 
+    def episode_physics(self, picture: bool) -> str:
+        """The physics of an episode that starts from a picture (``picture``) or from the house, or ``ValueError``."""
+        if picture and self.physics == "ground_truth":
+            raise ValueError("physics='ground_truth' cannot run an episode that starts from options['start_image']: "
+                             "no procedural house stands behind a picture, so only the generated world can decide "
+                             "collisions and rewards. Use physics='generated' (or leave physics=None, which picks it "
+                             "for a picture)")
+        if self.physics is not None:
+            return self.physics
+        return "generated" if picture else "ground_truth"
+
     def _plan(self, rng: np.random.Generator, values: dict[str, Any]) -> tuple[_SubEnv, Tensor]:
         """Draw a sub-env's episode (room, start, goal, noise seed) without mutating anything."""
-        if "room_seed" in values:
-            seed = values["room_seed"]
-        elif self.room_seeds is not None:
-            seed = self.room_seeds[int(rng.integers(len(self.room_seeds)))]
-        else:
-            seed = int(rng.integers(ROOM_SEED_RANGE))
-        world = get_world(seed, self.num_rooms, self.moving_objects)
-        scene = world.scene
+        image = values.get("start_image")
+        picture = image is not None
+        physics = self.episode_physics(picture)
+        # A picture has no house behind it; only the oracle, which renders one, still needs it for its frames.
+        world = None
+        if not picture or self.generator.renders_ground_truth:
+            if "room_seed" in values:
+                seed = values["room_seed"]
+            elif self.room_seeds is not None:
+                seed = self.room_seeds[int(rng.integers(len(self.room_seeds)))]
+            else:
+                seed = int(rng.integers(ROOM_SEED_RANGE))
+            world = get_world(seed, self.num_rooms, self.moving_objects)
         if "start_pose" in values:
             pose = values["start_pose"]
-            if not scene.is_free(pose[None, :3, 3], self.camera_radius)[0]:
+            if world is not None and not world.scene.is_free(pose[None, :3, 3], self.camera_radius)[0]:
                 raise ValueError(f"options['start_pose'] puts the camera at {pose[:3, 3].tolist()}, which is not free "
-                                 f"in room {seed} (inside or too close to an obstacle)")
+                                 f"in room {world.scene.seed} (inside or too close to an obstacle)")
+        elif world is None:
+            pose = PICTURE_START_POSE.clone()
         else:
-            pose = scene.sample_pose(rng, self.camera_radius)
+            pose = world.scene.sample_pose(rng, self.camera_radius)
+        body = None
+        if physics == "generated":
+            body = GeneratedPhysics(self.camera_radius, max_depth=self.max_depth)
+            try:
+                body.reset(pose)
+            except ValueError as err:
+                raise ValueError(f"options['start_pose']: {err}") from err
         task_values = {key: value for key, value in values.items() if key in self.task.option_keys}
-        task_state = self.task.start(Episode(world=world, start_pose=pose, fov=self.fov), rng, task_values)
+        task_state = self.task.start(Episode(world=world, start_pose=pose, fov=self.fov, physics=physics), rng,
+                                     task_values)
         noise = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
-        image = values.get("start_image")
         if image is None:
             image = world.renderer.render(pose[None], self.intrinsics, self.resolution, self.resolution).rgb[0]
-        sub = _SubEnv(world=world, pose=pose, noise=noise, task_state=task_state, rgb=np.empty(0), depth=np.empty(0))
+        sub = _SubEnv(world=world, pose=pose, noise=noise, task_state=task_state, rgb=np.empty(0), depth=np.empty(0),
+                      physics=physics, body=body)
         return sub, image
+
+    def _surfaces(self):
+        """What generated physics reads as the world's persistent surfaces: the generator's latent cache, or
+        ``None`` (no such cache: the oracle, ``memory="pixel"``/``"none"``), when it keeps every chunk's itself."""
+        store = self.generator.memory_store
+        if self.generator.memory == "latent" and store is not None and callable(getattr(store, "points", None)):
+            return store
+        return None
 
     def reset(
         self, indices: Sequence[int], rngs: Sequence[np.random.Generator], options: dict[str, Any] | None = None
@@ -329,16 +381,22 @@ class MirageSimulator:
                  for k, rng in enumerate(rngs)]
         images = torch.stack([image for _, image in plans])
         poses = torch.stack([sub.pose for sub, _ in plans])
-        renderers = [sub.world.renderer for sub, _ in plans]  # used by a generator that renders the ground truth
+        # Used by a generator that renders the ground truth (there is a house for every episode then).
+        renderers = [None if sub.world is None else sub.world.renderer for sub, _ in plans]
         started = time.perf_counter()
         out = self.generator.start(images, poses, self.intrinsics, scenes=None if full else indices,
                                    renderers=renderers)
         elapsed = time.perf_counter() - started
         rgb = out.rgb[:, 0].cpu().numpy()
         depth = self._clip_depth(out.depth[:, 0])
+        surfaces = self._surfaces()
         for k, (i, (sub, _)) in enumerate(zip(indices, plans)):
             sub.rgb, sub.depth = rgb[k], depth[k]
             self._subenvs[i] = sub
+            if sub.body is not None:  # the start view is the first thing the generated world shows
+                shown = sub.body.observe(depth[k], poses[k], self.intrinsics, surfaces, i)
+                if isinstance(sub.task_state.coverage, GeneratedCoverage):
+                    sub.task_state.coverage.area += shown
         t = self.chunk
         obs = self._observation(
             indices,
@@ -346,7 +404,7 @@ class MirageSimulator:
             np.repeat(depth[:, None], t, axis=1),
             poses[:, None].expand(-1, t, -1, -1),
         )
-        infos = [self._info(i, collided=False, step_time=elapsed / batch,
+        infos = [self._info(i, collided=False, blocked_by=None, step_time=elapsed / batch,
                             extra=self.task.reset_info(self._subenvs[i].task_state)) for i in indices]
         return obs, infos
 
@@ -368,8 +426,8 @@ class MirageSimulator:
         collided = np.zeros(n, bool)
         for i, sub in enumerate(subs):
             origin = start[i, :3, 3]
-            end, blocked = self._allowed_end(sub.world.scene, origin, poses[i, -1, :3, 3])
-            collided[i] = blocked
+            end, sub.blocked_by = self._allowed_end(sub, origin, poses[i, -1, :3, 3])
+            collided[i] = sub.blocked_by is not None
             poses[i, :, :3, 3] = origin + frac * (end - origin)
 
         started = time.perf_counter()
@@ -382,9 +440,14 @@ class MirageSimulator:
         terminated = np.zeros(n, bool)
         extras = []
         frame_times = torch.arange(1, t + 1, dtype=torch.float32) * self.frame_time
+        surfaces = self._surfaces()
         for i, sub in enumerate(subs):
+            shown = 0.0
+            if sub.body is not None:
+                shown = sub.body.observe(depth[i], poses[i], self.intrinsics, surfaces, i)
             transition = Transition(world=sub.world, poses=poses[i], times=sub.time + frame_times,
-                                    collided=bool(collided[i]), depth=depth[i])
+                                    collided=bool(collided[i]), depth=depth[i], physics=sub.physics,
+                                    blocked_by=sub.blocked_by, generated_floor=shown)
             result = self.task.step(sub.task_state, transition)
             rewards[i], terminated[i] = result.reward, result.terminated
             extras.append(result.info)
@@ -393,13 +456,21 @@ class MirageSimulator:
             sub.frames += t
             sub.rgb, sub.depth = rgb[i, -1], depth[i, -1]
         obs = self._observation(list(range(n)), rgb, depth, poses)
-        infos = [self._info(i, collided=bool(collided[i]), step_time=elapsed / n, extra=extras[i]) for i in range(n)]
+        infos = [self._info(i, collided=bool(collided[i]), blocked_by=subs[i].blocked_by, step_time=elapsed / n,
+                            extra=extras[i]) for i in range(n)]
         return obs, rewards, terminated, infos
 
-    def _allowed_end(self, scene, origin: Tensor, target: Tensor) -> tuple[Tensor, bool]:
-        """Where a move from ``origin`` towards ``target`` ends, and whether an obstacle stopped it."""
-        reached, blocked = scene.move(origin[None], target[None], self.camera_radius)
-        return reached[0], bool(blocked[0])
+    def _allowed_end(self, sub: _SubEnv, origin: Tensor, target: Tensor) -> tuple[Tensor, str | None]:
+        """Where a move from ``origin`` towards ``target`` ends, and what stopped it (``None``: nothing).
+
+        The episode's physics decides: the house (:meth:`Scene.move`, ``"obstacle"``) or the generated
+        world (:meth:`GeneratedPhysics.move`: ``"obstacle"`` or ``"unseen"`` space).
+        """
+        if sub.body is not None:
+            reached, blocked = sub.body.move(origin.double().numpy(), target.double().numpy())
+            return torch.from_numpy(reached).float(), sub.body.last_block if blocked else None
+        reached, blocked = sub.world.scene.move(origin[None], target[None], self.camera_radius)
+        return reached[0], "obstacle" if bool(blocked[0]) else None
 
     # ------------------------------------------------------------------ outputs
 
@@ -419,12 +490,15 @@ class MirageSimulator:
             obs[key] = np.stack([e[key] for e in extras])
         return obs
 
-    def _info(self, i: int, *, collided: bool, step_time: float, extra: dict[str, Any]) -> dict[str, Any]:
+    def _info(self, i: int, *, collided: bool, blocked_by: str | None, step_time: float,
+              extra: dict[str, Any]) -> dict[str, Any]:
         sub = self._subenvs[i]
         info: dict[str, Any] = {
             "memory_bytes": int(self.generator.memory_bytes()[i]),
             "frames_generated": int(sub.frames),
             "collided": bool(collided),
+            "physics": sub.physics,
+            "blocked_by": blocked_by,
             **extra,
         }
         if self.report_step_time:
@@ -438,8 +512,11 @@ class MirageSimulator:
             raise RuntimeError("call reset() before render()")
         if layout == "frame":
             return sub.rgb.copy()
-        truth = sub.world.renderer.render(sub.pose[None], self.intrinsics, self.resolution, self.resolution,
-                                          time=sub.time).rgb[0].numpy()
+        if sub.world is None:  # a start picture: no ground truth to show, the panel stays black
+            truth = np.zeros_like(sub.rgb)
+        else:
+            truth = sub.world.renderer.render(sub.pose[None], self.intrinsics, self.resolution, self.resolution,
+                                              time=sub.time).rgb[0].numpy()
         return side_by_side([sub.rgb, colorize_depth(sub.depth), truth])
 
     def subenv(self, i: int) -> _SubEnv | None:

@@ -25,8 +25,18 @@ task is one subclass plus its registration::
 
 (a task keeps its per-episode state in its :class:`TaskState`, so one instance serves every env).
 
-Both built-in tasks are computed on the ground-truth house, never on generated frames, so
-rewards are exact and do not depend on how good the generator is:
+Every episode runs under one physics (:attr:`Episode.physics`, see
+:mod:`mirage_gym.envs.physics`), and the built-in tasks measure in that world:
+
+* ``"ground_truth"``: computed on the procedural house, never on generated frames, so rewards
+  are exact and do not depend on how good the generator is (below);
+* ``"generated"``: computed on the generated world, with no house at all (a start picture has
+  none): exploration is the floor area the generated frames have shown free, in square metres
+  (:class:`GeneratedCoverage`; the total is unknown, so ``info["coverage"]`` reports that area,
+  not a fraction), and PointNav goals are metric offsets from the start whose distance is
+  Euclidean (:func:`~mirage_gym.envs.physics.goal_from_offset`).
+
+Under ground-truth physics:
 
 * **Coverage** -- after every step the chunk's camera poses are rendered with ground-truth
   depth at :data:`COVERAGE_RESOLUTION` pixels (cheap: a few milliseconds) and
@@ -54,14 +64,17 @@ from scipy.sparse.csgraph import dijkstra
 from torch import Tensor
 
 from mirage_gym import geometry
+from mirage_gym.envs.physics import goal_distance, goal_from_offset
 from mirage_gym.envs.worlds import World
 from mirage_gym.world import Scene
 
 __all__ = [
     "COVERAGE_RESOLUTION",
+    "MAX_OFFSET_GOAL_DISTANCE",
     "Coverage",
     "Episode",
     "ExplorationTask",
+    "GeneratedCoverage",
     "NavState",
     "PointNavTask",
     "Task",
@@ -73,6 +86,7 @@ __all__ = [
 ]
 
 COVERAGE_RESOLUTION = 32  # pixels of the ground-truth depth used for coverage
+MAX_OFFSET_GOAL_DISTANCE = 4.0  # metres: the farthest goal drawn as an offset (generated physics)
 
 
 def reward_key(term: str) -> str:
@@ -84,12 +98,15 @@ def reward_key(term: str) -> str:
 class Episode:
     """A sub-env's new episode as a task sees it in :meth:`Task.start`."""
 
-    world: World  # the procedural house (scene and renderer)
+    world: World | None  # the procedural house (scene and renderer); None for a start picture (no house)
     start_pose: Tensor  # [4, 4] cam_to_world of the start view
     fov: float  # degrees, the env camera's field of view
+    physics: str = "ground_truth"  # "ground_truth" (the house decides) or "generated" (the generated world does)
 
     @property
     def scene(self) -> Scene:
+        if self.world is None:
+            raise RuntimeError("this episode has no procedural house (it started from a picture)")
         return self.world.scene
 
     @property
@@ -102,11 +119,14 @@ class Episode:
 class Transition:
     """One step of a sub-env as a task sees it in :meth:`Task.step` (collisions already applied)."""
 
-    world: World
+    world: World | None  # the procedural house; None for an episode started from a picture
     poses: Tensor  # [T, 4, 4] the chunk's poses: the motion that was allowed
     times: Tensor  # [T] seconds since the episode start, of each frame
-    collided: bool  # whether an obstacle stopped the move
+    collided: bool  # whether the move was stopped (an obstacle, or under generated physics unseen space)
     depth: np.ndarray  # [T, H, W] the chunk's generated depth (metres, clipped to the observation space)
+    physics: str = "ground_truth"  # the episode's physics
+    blocked_by: str | None = None  # "obstacle", "unseen" (generated physics only) or None
+    generated_floor: float = 0.0  # m^2 of floor the chunk's generated frames showed for the first time (generated)
 
     @property
     def position(self) -> np.ndarray:
@@ -135,26 +155,71 @@ class Coverage:
         self.covered |= seen
         return new_cells * self.world.scene.grid_cell**2
 
+    def observe(self, transition: Transition) -> float:
+        """The floor first seen in ``transition``, m^2 (see :meth:`update`)."""
+        return self.update(transition.poses, transition.times)
+
     @property
     def fraction(self) -> float:
         """Fraction of the navigable floor seen this episode."""
         return float(self.covered.sum()) / max(self.navigable, 1)
+
+    @property
+    def area(self) -> float:
+        """Square metres of navigable floor seen this episode."""
+        return float(self.covered.sum()) * self.world.scene.grid_cell**2
+
+    @property
+    def reported(self) -> float:
+        """``info["coverage"]``: the fraction of the navigable floor seen."""
+        return self.fraction
+
+
+class GeneratedCoverage:
+    """The floor the generated frames have shown free this episode (generated physics: no house, no total).
+
+    The simulator's :class:`~mirage_gym.envs.physics.GeneratedPhysics` measures it and hands each
+    step's new area over in :attr:`Transition.generated_floor`.
+    """
+
+    def __init__(self) -> None:
+        self.area = 0.0  # m^2, the start view included (the simulator adds it before the first step)
+
+    def observe(self, transition: Transition) -> float:
+        self.area += float(transition.generated_floor)
+        return float(transition.generated_floor)
+
+    @property
+    def fraction(self) -> float:
+        """Unknown: a generated world has no known total floor."""
+        return math.nan
+
+    @property
+    def reported(self) -> float:
+        """``info["coverage"]``: the floor area shown, m^2 (there is no total to divide by)."""
+        return self.area
+
+
+def episode_coverage(episode: Episode) -> Coverage | GeneratedCoverage:
+    """The coverage measure of ``episode``'s physics."""
+    return GeneratedCoverage() if episode.physics == "generated" else Coverage(episode)
 
 
 @dataclass
 class TaskState:
     """Per-episode state every task keeps; a task with more state subclasses it."""
 
-    coverage: Coverage
+    coverage: Coverage | GeneratedCoverage
 
 
 @dataclass
 class NavState(TaskState):
-    """Per-episode state of PointNav: the goal and the geodesic distance field towards it."""
+    """Per-episode state of PointNav: the goal and the distance field towards it."""
 
     goal: np.ndarray  # [3] world position
-    distances: np.ndarray  # [gh, gw] metres from each cell centre to the goal (inf: unreachable)
-    distance: float  # current geodesic distance of the camera
+    distances: np.ndarray | None  # [gh, gw] metres from each cell centre to the goal (inf: unreachable); None:
+    # generated physics, where the distance is Euclidean
+    distance: float  # current distance of the camera (geodesic in the house, Euclidean in a generated world)
     success: bool = False
 
 
@@ -202,7 +267,7 @@ class Task(ABC):
 
     def start(self, episode: Episode, rng: np.random.Generator, options: dict[str, Any]) -> TaskState:
         """The episode's state (``options``: the task's checked options; draw only from ``rng``)."""
-        return TaskState(coverage=Coverage(episode))
+        return TaskState(coverage=episode_coverage(episode))
 
     def observe(self, state: TaskState, cam_to_world: np.ndarray) -> dict[str, np.ndarray]:
         return {}
@@ -215,8 +280,12 @@ class Task(ABC):
         return False
 
     def info(self, state: TaskState) -> dict[str, Any]:
-        """The task's info entries, at reset and after every step (the same keys each time)."""
-        return {"coverage": state.coverage.fraction}
+        """The task's info entries, at reset and after every step (the same keys each time).
+
+        ``"coverage"`` is the fraction of the house's navigable floor seen under ground-truth
+        physics, and the floor area shown (m^2) under generated physics, whose total is unknown.
+        """
+        return {"coverage": state.coverage.reported}
 
     # ------------------------------------------------------------------ called by the simulator
 
@@ -224,7 +293,7 @@ class Task(ABC):
         return {**self.info(state), **{reward_key(term): 0.0 for term in self.reward_terms}}
 
     def step(self, state: TaskState, transition: Transition) -> TaskStep:
-        new_floor = state.coverage.update(transition.poses, transition.times)
+        new_floor = state.coverage.observe(transition)
         terms = self.rewards(state, transition, new_floor)
         if list(terms) != list(self.reward_terms):
             raise RuntimeError(f"{type(self).__name__}.rewards returned the terms {list(terms)}, but its "
@@ -256,6 +325,11 @@ class PointNavTask(Task):
     ``collision`` (``-collision_penalty`` per collision) and ``success`` (``success_bonus`` when
     the camera gets within ``success_distance``, geodesic, of the goal, which ends the episode).
     Reset option ``goal``: a world position ``[3]`` on the free floor, reachable from the start.
+
+    Under generated physics there is no house to be reachable in: a drawn goal is a metric offset
+    from the start, ``min_goal_distance`` to :data:`MAX_OFFSET_GOAL_DISTANCE` metres away in a
+    uniformly drawn direction, at the camera's height; distance and success are Euclidean on
+    the floor plane (an option ``goal`` is taken as given).
     """
 
     option_dims = {"goal": 1}
@@ -290,7 +364,18 @@ class PointNavTask(Task):
         return {"goal": spaces.Box(-100.0, 100.0, (3,), np.float32)}
 
     def start(self, episode, rng, options):
-        scene, start = episode.scene, episode.start
+        start = episode.start
+        if episode.physics == "generated":  # no house: a metric offset from the start, Euclidean distance
+            if "goal" in options:
+                goal = options["goal"].astype(np.float32)
+            else:
+                distance = rng.uniform(self.min_goal_distance, max(self.min_goal_distance, MAX_OFFSET_GOAL_DISTANCE))
+                angle = rng.uniform(-math.pi, math.pi)
+                goal = goal_from_offset(episode.start_pose, (distance * math.cos(angle), distance * math.sin(angle)))
+            goal[2] = start[2]
+            return NavState(coverage=episode_coverage(episode), goal=goal, distances=None,
+                            distance=goal_distance(start, goal))
+        scene = episode.scene
         if "goal" in options:
             goal = options["goal"].astype(np.float32)
         else:
@@ -306,7 +391,10 @@ class PointNavTask(Task):
         return {"goal": (rot.T @ (state.goal - centre)).astype(np.float32)}
 
     def rewards(self, state: NavState, transition, new_floor):
-        distance = geodesic_distance(transition.world.scene, state.distances, transition.position)
+        if state.distances is None:  # generated physics: Euclidean on the floor plane
+            distance = goal_distance(transition.position, state.goal)
+        else:
+            distance = geodesic_distance(transition.world.scene, state.distances, transition.position)
         progress = state.distance - distance
         state.distance = distance
         state.success = distance <= self.success_distance

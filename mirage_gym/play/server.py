@@ -87,6 +87,8 @@ def update_message(update: Update) -> dict[str, Any]:
         "seed": update.seed,
         "room_seed": update.room_seed,
         "start_image": update.start_image,
+        "physics": update.physics,
+        "blocked_by": update.blocked_by,
     }
 
 
@@ -371,8 +373,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", default="default",
                         help="'default' (the shipped weights), 'oracle' (the ground-truth renderer) or a model folder")
     parser.add_argument("--memory", default="latent", choices=MEMORY_MODES, help="scene memory to start with")
-    parser.add_argument("--resolution", type=int, default=128, help="frame height and width (the model's)")
-    parser.add_argument("--chunk", type=int, default=4, help="frames generated per move (the model's)")
+    parser.add_argument("--resolution", type=int, default=None, help="frame height and width (default: the model's)")
+    parser.add_argument("--chunk", type=int, default=None, help="frames generated per move (default: the model's)")
+    parser.add_argument("--physics", default=None, choices=["generated", "ground_truth"],
+                        help="what decides collisions (default: the house for a procedural room, the generated world "
+                             "for an uploaded picture)")
     parser.add_argument("--seed", type=int, default=0, help="reset seed of the first scene (room and start pose)")
     parser.add_argument("--moving-objects", type=int, default=0, help="moving objects in the room")
     parser.add_argument("--device", default="cpu", help="where the generator runs (cpu, cuda, ...)")
@@ -406,7 +411,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         session = PlaySession(
             args.generator, memory=args.memory, resolution=args.resolution, chunk=args.chunk, seed=args.seed,
-            moving_objects=args.moving_objects, device=args.device,
+            moving_objects=args.moving_objects, device=args.device, physics=args.physics,
         )
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}\nTo drive the ground-truth world instead, run: "

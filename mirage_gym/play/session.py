@@ -61,10 +61,12 @@ class Update:
         memory_bytes: bytes the scene memory holds.
         memory_points: tokens (latent cache) or points (pixel memory) it holds.
         frames_generated: frames since the last reset.
-        collided: whether an obstacle stopped the last move.
+        collided: whether the last move was stopped.
         seed: the reset seed of the episode (it picks the room and the start pose).
-        room_seed: the procedural room's seed.
+        room_seed: the procedural room's seed (``None``: a picture's generated world, which has no house).
         start_image: whether the episode started from an uploaded image.
+        physics: the physics in force (``"ground_truth"``: the house; ``"generated"``: the generated world).
+        blocked_by: what stopped the last move (``"obstacle"``, ``"unseen"`` space, or ``None``).
     """
 
     rgb: np.ndarray
@@ -78,8 +80,10 @@ class Update:
     frames_generated: int
     collided: bool
     seed: int
-    room_seed: int
+    room_seed: int | None
     start_image: bool
+    physics: str = "ground_truth"
+    blocked_by: str | None = None
 
     @property
     def position_yaw_pitch(self) -> tuple[list[float], float, float]:
@@ -189,14 +193,15 @@ class PlaySession:
         generator: str | Path = "default",
         *,
         memory: str = "latent",
-        resolution: int = 128,
-        chunk: int = 4,
+        resolution: int | None = None,
+        chunk: int | None = None,
         seed: int = 0,
         moving_objects: int = 0,
         device: str = "cpu",
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
         max_recorded_frames: int = 1000,
         map_size: int = 480,
+        physics: str | None = None,
     ) -> None:
         if memory not in MEMORY_MODES:
             raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
@@ -204,8 +209,8 @@ class PlaySession:
             raise ValueError("max_upload_bytes and max_recorded_frames must be >= 1")
         seed = _check_seed(seed)
         self.generator = str(generator)
-        self.resolution = int(resolution)
-        self.chunk = int(chunk)
+        self.physics = physics
+        self._resolution, self._chunk = resolution, chunk  # None: the model's (known once the env is made)
         self.moving_objects = int(moving_objects)
         self.device = device
         self.max_upload_bytes = int(max_upload_bytes)
@@ -215,9 +220,11 @@ class PlaySession:
         self._path: list[np.ndarray] = []
         self._probe: LatentColorProbe | None = None
         self._env = self._make_env(memory)
+        self.resolution, self.chunk = self._env.simulator.resolution, self._env.simulator.chunk
         self.oracle = self._env.generator.renders_ground_truth
         self._memory = memory
         self._start_image: np.ndarray | None = None
+        self._start_pose: np.ndarray | None = None  # the last procedural start pose (a picture restarts there)
         self._seed = seed
         self._map: TopDownMap | None = None
         self._latest = self._restart(self._env, memory, seed, None)
@@ -241,17 +248,22 @@ class PlaySession:
 
     def _make_env(self, memory: str) -> MirageRoomEnv:
         return MirageRoomEnv(
-            generator=self.generator, memory=memory, resolution=self.resolution, chunk=self.chunk,
-            moving_objects=self.moving_objects, report_step_time=True, device=self.device,
+            generator=self.generator, memory=memory, resolution=self._resolution, chunk=self._chunk,
+            moving_objects=self.moving_objects, report_step_time=True, device=self.device, physics=self.physics,
         )
 
     def _restart(self, env: MirageRoomEnv, memory: str, seed: int, image: np.ndarray | None) -> Update:
         """Reset ``env`` and make it the session's scene (called with everything validated)."""
-        obs, info = env.reset(seed=seed, options=None if image is None else {"start_image": image})
+        # A picture restarts from the current start pose (the house's, where one was drawn): no house is behind it.
+        options = None if image is None else {"start_image": image, "start_pose": self._start_pose}
+        obs, info = env.reset(seed=seed, options=options)
         self._env, self._memory, self._seed, self._start_image = env, memory, seed, image
+        if image is None:
+            self._start_pose = obs["cam_to_world"][0].astype(np.float64)
         # One map geometry for every memory mode of a generator (its latent cache's voxels), so maps compare.
         cell = _ORACLE_MAP_CELL if self.oracle else float(env.generator.voxel_size)
-        self._map = TopDownMap(env.scene, cell=cell, size=self.map_size, fov=env.simulator.fov)
+        self._map = TopDownMap(env.scene, cell=cell, size=self.map_size, fov=env.simulator.fov,
+                               centre=obs["cam_to_world"][0][:2, 3])
         if not self.oracle and self._probe is None:
             self._probe = self._fit_probe(env)
         pose = obs["cam_to_world"][-1]
@@ -287,13 +299,17 @@ class PlaySession:
             self._recorded.append((rgb[k], depth[k].astype(np.float16)))
         pose = obs["cam_to_world"][-1].astype(np.float32)
         points, colors, count = self._memory_points()
+        body = self._env.simulator.subenv(0).body  # generated physics' state (None: the house decides)
+        scene = self._env.scene
         self._latest = Update(
             rgb=rgb, depth=depth, pose=pose,
-            map=self._map.draw(points, colors, np.stack(self._path), pose),
+            map=self._map.draw(points, colors, np.stack(self._path), pose,
+                               physics=None if body is None else body.maps(), blocked_by=info["blocked_by"]),
             step_time=float(info["step_time"]), memory=self._env.generator.memory,
             memory_bytes=int(info["memory_bytes"]), memory_points=count,
             frames_generated=int(info["frames_generated"]), collided=bool(info["collided"]),
-            seed=self._seed, room_seed=int(self._env.scene.seed), start_image=self._start_image is not None,
+            seed=self._seed, room_seed=None if scene is None else int(scene.seed),
+            start_image=self._start_image is not None, physics=str(info["physics"]), blocked_by=info["blocked_by"],
         )
         return self._latest
 

@@ -103,15 +103,17 @@ function showUpdate(u) {
 
   const [x, y, z] = u.position;
   $("pose").textContent = `x ${x.toFixed(2)}  y ${y.toFixed(2)}  z ${z.toFixed(2)} m · ` +
-    `yaw ${u.yaw.toFixed(0)}° · pitch ${u.pitch.toFixed(0)}°` + (u.collided ? " · blocked" : "");
+    `yaw ${u.yaw.toFixed(0)}° · pitch ${u.pitch.toFixed(0)}°` +
+    (u.collided ? ` · blocked${u.blocked_by === "unseen" ? " (space not shown yet)" : u.blocked_by ? ` (${u.blocked_by})` : ""}` : "");
   $("pose").classList.toggle("collided", u.collided);
   $("step-time").textContent = `${(u.step_time * 1000).toFixed(0)} ms for ${u.frames.length} frame${u.frames.length > 1 ? "s" : ""}`;
   const unit = u.memory === "pixel" ? "points" : "tokens";
   $("memory-held").textContent = u.memory === "oracle" ? "none (oracle: the ground truth is the world)"
     : u.memory === "none" ? "none (memory off)"
     : `${formatBytes(u.memory_bytes)} · ${u.memory_points.toLocaleString()} ${unit} (${u.memory})`;
-  $("episode").textContent = `seed ${u.seed} · room ${u.room_seed} · ${u.frames_generated} frames` +
-    (u.start_image ? " · from your image" : "");
+  $("episode").textContent = `seed ${u.seed} · ` + (u.room_seed === null ? "no house" : `room ${u.room_seed}`) +
+    ` · ${u.frames_generated} frames` + (u.start_image ? " · from your image" : "") +
+    ` · physics: ${u.physics === "generated" ? "generated world" : "house (ground truth)"}`;
   $("memory-select").value = u.memory;
   $("seed").value = u.seed;
 }

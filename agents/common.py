@@ -49,27 +49,31 @@ def make_sb3_env(
 @dataclass
 class EpisodeStats:
     returns: list[float]
-    coverage: list[float]
+    coverage: list[float]  # fraction of the house's navigable floor seen (inf under generated physics)
+    explored_m2: list[float]  # floor area shown, square metres (both physics)
     success: list[float]
     lengths: list[int]
     collisions: list[int]
 
     def row(self, name: str) -> str:
         def mean_std(values):
+            if not np.isfinite(values).all():  # coverage under generated physics: no house total
+                return f"{'n/a':>17}"
             return f"{np.mean(values):7.3f} +- {np.std(values):6.3f}"
 
         success = f"{np.mean(self.success):6.2f}" if self.success else "   n/a"
-        return (f"{name:<10} {mean_std(self.returns)}  {mean_std(self.coverage)}  {success}  "
-                f"{np.mean(self.lengths):6.1f}  {mean_std(self.collisions)}")
+        return (f"{name:<10} {mean_std(self.returns)}  {mean_std(self.coverage)}  {mean_std(self.explored_m2)}  "
+                f"{success}  {np.mean(self.lengths):6.1f}  {mean_std(self.collisions)}")
 
 
-HEADER = f"{'policy':<10} {'return':>17}  {'coverage':>17}  {'success':>6}  {'length':>6}  {'collisions':>17}"
+HEADER = (f"{'policy':<10} {'return':>17}  {'coverage':>17}  {'explored_m2':>17}  {'success':>6}  {'length':>6}  "
+          f"{'collisions':>17}")
 
 
 def run_episodes(venv: MirageVecEnv, act: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int,
                  seed: int) -> EpisodeStats:
     """Run ``episodes`` episodes (seeds ``seed, seed+1, ...``), ``venv.num_envs`` at a time."""
-    stats = EpisodeStats([], [], [], [], [])
+    stats = EpisodeStats([], [], [], [], [], [])
     n = venv.num_envs
     for first in range(0, episodes, n):
         venv.seed(seed + first)
@@ -86,6 +90,7 @@ def run_episodes(venv: MirageVecEnv, act: Callable[[dict[str, np.ndarray]], np.n
             for i in np.flatnonzero(dones & active):
                 stats.returns.append(float(running[i]))
                 stats.coverage.append(float(infos[i]["coverage"]))
+                stats.explored_m2.append(float(infos[i]["explored_m2"]))
                 stats.lengths.append(int(steps[i]))
                 stats.collisions.append(int(bumps[i]))
                 if "success" in infos[i]:

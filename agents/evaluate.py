@@ -3,8 +3,9 @@
     .venv/bin/python agents/evaluate.py --env MirageRoom-v0 --generator oracle \
         --model runs/ppo/MirageRoom-v0_oracle_seed0/best/best_model.zip --episodes 20
 
-Prints mean +- std of the episode return, the final coverage (fraction of the navigable floor
-seen), the success rate (Nav), the episode length and the collisions per episode, for each
+Prints mean +- std of the episode return, the final coverage (fraction of the house's navigable
+floor seen; n/a under generated physics, which has no house total), the floor area shown (m^2,
+under either physics), the success rate (Nav), the episode length and the collisions per episode, for each
 policy. Without --model only the random agent is evaluated. Episode k of every policy uses seed --seed + k (same room, start and goal).
 
 A PPO .zip holds pickles: loading it runs the code inside, so pass --model files from a trusted

@@ -62,7 +62,7 @@ def main() -> None:
         frames.extend(obs["rgb"])
         if info["collided"]:
             blocked.append(f"step {k}: {info['blocked_by']}")
-    print(f"physics {info['physics']}: floor shown {info['coverage']:.1f} m^2, stopped {len(blocked)} times "
+    print(f"physics {info['physics']}: floor shown {info['explored_m2']:.1f} m^2, stopped {len(blocked)} times "
           f"({', '.join(blocked) or 'never'})")
     print(f"{len(frames)} frames -> {write_video(args.out, np.stack(frames), fps=8)}")
 

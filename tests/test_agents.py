@@ -17,8 +17,9 @@ def test_evaluate_prints_every_column_for_the_random_agent():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     header, row = result.stdout.strip().splitlines()[-2:]
-    assert header.split() == ["policy", "return", "coverage", "success", "length", "collisions"]
+    assert header.split() == ["policy", "return", "coverage", "explored_m2", "success", "length", "collisions"]
     values = re.findall(r"-?\d+\.\d+", row)
-    assert row.startswith("random") and len(values) == 7  # return, coverage, collisions as mean +- std; length
-    coverage, length, collisions = float(values[2]), float(values[4]), float(values[5])
-    assert 0 < coverage <= 1 and length == steps and 0 <= collisions <= steps
+    # return, coverage, explored_m2, collisions as mean +- std; length
+    assert row.startswith("random") and len(values) == 9
+    coverage, explored, length, collisions = float(values[2]), float(values[4]), float(values[6]), float(values[7])
+    assert 0 < coverage <= 1 and explored > 0 and length == steps and 0 <= collisions <= steps

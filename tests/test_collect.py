@@ -84,6 +84,8 @@ def test_round_trip_through_minari_load_dataset(tmp_path, monkeypatch):
         assert episode.terminations.tolist() == [False] * STEPS
         assert episode.truncations.tolist() == [False] * (STEPS - 1) + [True]
         assert episode.infos["frames_generated"].tolist() == [0, 2, 4, 6] and "coverage" in episode.infos
+        coverage, explored = episode.infos["coverage"], episode.infos["explored_m2"]  # the house's physics
+        assert np.all((coverage > 0) & (coverage <= 1)) and explored.min() > 0 and np.all(np.diff(explored) >= 0)
         assert iio.imread(result.path / "previews" / f"episode_{k:06d}.mp4", index=None).shape == (1 + STEPS * 2, 32,
                                                                                                    66, 3)
     assert [m["seed"] for m in dataset.storage.get_episode_metadata(range(3))] == [7, 8, 9]
@@ -367,6 +369,11 @@ def test_the_physics_is_recorded_and_a_dataset_keeps_its_physics(tmp_path, capsy
     episode = episodes_of(result.path)[0]
     assert set(episode.infos["physics"]) == {b"generated"} or set(episode.infos["physics"]) == {"generated"}
     assert "blocked_by" in episode.infos
+    for episode in episodes_of(result.path):  # no house: coverage is inf (a float column), explored_m2 is m^2
+        coverage, explored = episode.infos["coverage"], episode.infos["explored_m2"]
+        assert coverage.dtype == np.float64 and coverage.shape == (STEPS + 1,) and np.all(coverage == np.inf)
+        assert explored.dtype == np.float64 and explored.min() > 0 and np.all(np.diff(explored) >= 0)
+        np.testing.assert_allclose(np.diff(explored), episode.infos["reward_coverage"][1:], atol=1e-9)
     with pytest.raises(ValueError, match="other settings.*'physics': 'generated'.*'physics': 'ground_truth'"):
         run_collect(tmp_path, "mirage/physics-v0", env_kwargs={**ENV_KWARGS, "physics": "ground_truth"}, episodes=3)
     with pytest.raises(ValueError, match="physics must be one of"):

@@ -147,9 +147,37 @@ def test_default_physics_is_the_house_for_procedural_starts_and_generated_for_pi
     assert info["physics"] == "generated" and env.scene is None  # no house behind a picture
     assert np.allclose(obs["cam_to_world"][0], PICTURE_START_POSE.numpy())
     _, _, _, _, info = env.step(FORWARD)
-    assert info["physics"] == "generated" and info["coverage"] >= 0.0  # square metres shown
+    assert info["physics"] == "generated" and info["coverage"] == math.inf and info["explored_m2"] >= 0.0
     _, info = env.reset(seed=0)
     assert info["physics"] == "ground_truth"
+
+
+def info_types(info) -> dict[str, type]:
+    return {key: type(value) for key, value in info.items() if key != "blocked_by"}  # str or None by design
+
+
+@pytest.mark.parametrize("env_id", ["MirageRoom-v0", "MirageRoomNav-v0"])
+def test_one_env_with_default_physics_keeps_its_info_keys_types_and_meanings_across_resets(tiny_folder, env_id):
+    """A procedural reset and a picture reset of one env (physics=None): the same info keys and types, and
+    each key means the same in both: coverage a fraction of the house's floor (inf without a house),
+    explored_m2 the floor area shown in square metres."""
+    env = gym.make(env_id, **tiny_env_kwargs(tiny_folder)).unwrapped
+    image = np.full((RESOLUTION, RESOLUTION, 3), 120, np.uint8)
+    seen: dict[str, list[dict]] = {}
+    for physics, options in (("ground_truth", None), ("generated", {"start_image": image}),
+                             ("ground_truth", None)):
+        _, info = env.reset(seed=3, options=options)
+        infos = [info] + [env.step(action)[4] for action in (TURN, FORWARD, TURN)]
+        assert {i["physics"] for i in infos} == {physics}
+        seen.setdefault(physics, []).extend(infos)
+    keys = {frozenset(i) for infos in seen.values() for i in infos}
+    assert len(keys) == 1 and {"coverage", "explored_m2"} <= next(iter(keys))
+    types = {tuple(sorted(info_types(i).items())) for infos in seen.values() for i in infos}
+    assert len(types) == 1 and dict(types.pop())["coverage"] is float
+    for info in seen["ground_truth"]:
+        assert 0.0 <= info["coverage"] <= 1.0 and info["explored_m2"] >= 0.0
+    for info in seen["generated"]:
+        assert info["coverage"] == math.inf and info["explored_m2"] >= 0.0
 
 
 # ---------------------------------------------------------------------- generated physics in a house (oracle)
@@ -201,14 +229,38 @@ def test_a_wall_seen_then_turned_away_from_still_blocks():
 def test_generated_physics_rewards_and_info_need_no_house():
     env = oracle_env("generated")
     _, info = env.reset(seed=0)
-    assert info["coverage"] > 0 and info["reward_coverage"] == 0.0  # the start view's floor, m^2
-    total = info["coverage"]
+    assert info["explored_m2"] > 0 and info["reward_coverage"] == 0.0  # the start view's floor, m^2
+    assert info["coverage"] == math.inf  # no house: no total floor to be a fraction of
+    total = info["explored_m2"]
     for _ in range(4):
         _, reward, _, _, info = env.step(TURN)
         assert reward == pytest.approx(info["reward_coverage"] + info["reward_collision"])
         total += info["reward_coverage"]
-        assert info["coverage"] == pytest.approx(total)  # the area shown so far, square metres
-    assert info["coverage"] > 1.0  # more than a fraction could be
+        assert info["explored_m2"] == pytest.approx(total)  # the area shown so far, square metres
+        assert info["coverage"] == math.inf
+    assert info["explored_m2"] > 1.0  # more than a fraction could be
+
+
+@pytest.mark.parametrize("physics", ["ground_truth", "generated"])
+def test_explored_m2_and_coverage_mean_the_same_under_both_physics(physics):
+    """explored_m2: square metres shown, >= 0, never decreasing, grown by each step's exploration reward;
+    coverage: a fraction of the house's navigable floor in [0, 1] with a house's physics, inf without."""
+    env = oracle_env(physics)
+    _, info = env.reset(seed=1)
+    infos = [info]
+    for action in (TURN, TURN, FORWARD, TURN, FORWARD, BACK, TURN, TURN):
+        infos.append(env.step(action)[4])
+    areas = np.array([i["explored_m2"] for i in infos])
+    assert all(type(i["explored_m2"]) is float and type(i["coverage"]) is float for i in infos)
+    assert areas.min() >= 0.0 and np.all(np.diff(areas) >= 0.0) and areas[-1] > areas[0]
+    assert np.diff(areas) == pytest.approx([i["reward_coverage"] for i in infos[1:]])
+    coverage = np.array([i["coverage"] for i in infos])
+    if physics == "generated":
+        assert np.all(coverage == math.inf)
+    else:
+        assert np.all((coverage > 0) & (coverage <= 1)) and np.all(np.diff(coverage) >= 0)
+        scene = env.scene  # the same cells: the fraction of the navigable floor, and their area in m^2
+        assert areas == pytest.approx(coverage * scene.navigable.sum() * scene.grid_cell**2)
 
 
 def test_pointnav_goals_are_offsets_with_euclidean_distance():

@@ -49,6 +49,7 @@ def test_mmrv_counts_the_real_gap_of_one_swapped_pair():
 def test_returns_are_min_max_normalised_for_mmrv_fractions_are_not():
     assert normalise_real([2.0, 4.0, 6.0], "return") == pytest.approx([0.0, 0.5, 1.0])
     assert normalise_real([0.2, 0.4, 0.6], "coverage") == pytest.approx([0.2, 0.4, 0.6])
+    assert normalise_real([2.0, 4.0, 6.0], "explored_m2") == pytest.approx([0.0, 0.5, 1.0])  # m^2, not a fraction
     # A reversed ranking of returns then costs the same MMRV whatever the return's scale.
     episodes = [[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]]
     scaled = [[10 * v for v in e] for e in episodes]
@@ -261,7 +262,56 @@ def test_quick_path_end_to_end_through_the_cli(tmp_path, capsys):
     assert (out / "rl_scatter.png").stat().st_size > 1000
     table = (out / "rl_table.md").read_text()
     assert "| random |" in table and "Spearman rho" in table
+    assert results["exploration_metric"] == "coverage" and "Exploration compared on `coverage`" in table
     assert "MMRV" in capsys.readouterr().out
+
+
+def test_exploration_metric_follows_the_physics():
+    assert RLEvalConfig().exploration_metric() == "coverage"
+    assert RLEvalConfig(world_kwargs={"physics": "ground_truth"}).exploration_metric() == "coverage"
+    assert RLEvalConfig(world_kwargs={"physics": "generated"}).exploration_metric() == "explored_m2"
+    assert RLEvalConfig(truth_kwargs={"physics": "generated"}, sides=("truth",)).exploration_metric() == "explored_m2"
+    assert RLEvalConfig(world_kwargs={"physics": "generated"}, sides=("truth",)).exploration_metric() == "coverage"
+
+
+def test_a_log_from_before_explored_m2_still_summarises_on_coverage():
+    from mirage_gym.eval.rl import summarise
+
+    policies = load_policies(QUICK_POLICIES, "MirageRoom-v0")
+    records = [{"policy": p.name, "side": side, "episode": k, "return": float(i + k), "coverage": 0.1 * (i + 1),
+                "collisions": 0, "length": 8, "success": None}
+               for i, p in enumerate(policies) for side in ("truth", "world") for k in range(2)]
+    config = RLEvalConfig.quick()
+    result = summarise(records, policies, config)
+    assert set(result["agreement"]) == {"return", "coverage"} and "explored_m2" not in result["table"]
+    assert result["agreement"]["coverage"]["spearman"]["value"] == pytest.approx(1.0)
+    with pytest.raises(RuntimeError, match="no 'explored_m2'.*new --out"):
+        summarise(records, policies, RLEvalConfig.quick(world_kwargs={"physics": "generated"}))
+
+
+def test_quick_path_with_generated_physics_compares_explored_m2(tmp_path, capsys):
+    """The world-model env runs generated physics (coverage inf there): exploration is compared on
+    explored_m2, which both envs report, and the JSON and the table say so."""
+    out = tmp_path / "rl"
+    argv = ["eval", "rl", "--quick", "--out", str(out), "--threads", "1", "--resolution", "32",
+            "--world-option", "physics=generated"]
+    assert main(argv) == 0
+    results = json.loads((out / "rl.json").read_text())["results"]
+    assert results["config"]["world_kwargs"] == {"physics": "generated"}
+    assert results["exploration_metric"] == "explored_m2"
+    assert set(results["agreement"]) == {"return", "explored_m2"}
+    for name in QUICK_POLICIES:
+        world, truth = results["per_policy"][name]["world"], results["per_policy"][name]["truth"]
+        assert world["coverage"]["mean"] is None and world["coverage"]["episodes"] == [None, None]
+        assert 0 < truth["coverage"]["mean"] <= 1
+        assert world["explored_m2"]["mean"] > 0 and truth["explored_m2"]["mean"] > 0
+    records = [json.loads(line) for line in (out / LOG).read_text().splitlines()]
+    assert {r["coverage"] is None for r in records if r["side"] == "world"} == {True}
+    table = (out / "rl_table.md").read_text()
+    assert "Exploration compared on `explored_m2`" in table and "| explored_m2 |" in table
+    assert "| coverage |" not in table  # not an agreement row: coverage is not compared
+    assert (out / "rl_scatter.png").stat().st_size > 1000
+    assert "explored_m2" in capsys.readouterr().out
 
 
 def test_zoo_manifests_name_at_least_eight_policies_and_their_recipe():

@@ -110,7 +110,7 @@ def episode_memory(
             raise RuntimeError(f"the episode ended at step {k}; choose fewer --episode-steps")
         if k in marks:
             rows.append({"step": k, "rss_mib": process.rss() / 2**20, "memory_mib": info["memory_bytes"] / 2**20,
-                         "coverage": info["coverage"]})
+                         "coverage": info["coverage"], "explored_m2": info["explored_m2"]})
     env.close()
     return rows
 
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                                             env_kwargs=env_kwargs, seed=args.seed)
         for r in results["episode"]:
             print(f"  step {r['step']:4d}: RSS {r['rss_mib']:8.1f} MiB, memory {r['memory_mib']:7.3f} MiB, "
-                  f"coverage {r['coverage']:.2f}")
+                  f"coverage {r['coverage']:.2f}, floor shown {r['explored_m2']:.1f} m^2")
     path = write_results(out, "bench_env", results, config=config_out)
     print(f"wrote {path}")
     return 0

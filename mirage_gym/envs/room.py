@@ -74,12 +74,14 @@ _PHYSICS = """
       the frames have shown free (or its start footprint): a move into space the world has never
       shown stops at its edge and counts as a collision with ``info["blocked_by"] == "unseen"``
       (``"obstacle"`` for a shown surface), so walking backwards or sideways blind is no free
-      exploit. Exploration is the newly shown floor in m^2, and ``info["coverage"]`` is the floor
-      area shown so far in m^2 (a generated world has no known total). PointNav goals are metric
+      exploit. Exploration is the newly shown floor in m^2 (``info["explored_m2"]``: the area shown
+      so far); ``info["coverage"]`` is ``inf``, since a generated world has no known total floor to
+      be a fraction of. PointNav goals are metric
       offsets from the start, with Euclidean distance and success. No procedural house is used:
       this is the only physics of a start picture or a real Wan2.2 model.
     * ``"ground_truth"``: the procedural house decides (exact, for evaluation): collisions,
-      ``info["coverage"]`` as a fraction of its navigable floor, geodesic PointNav.
+      exploration (``info["explored_m2"]``, and ``info["coverage"]`` as a fraction of its navigable
+      floor), geodesic PointNav.
     * ``None`` (default): ``"ground_truth"`` for a procedural start, ``"generated"`` for a start
       picture. A house and a picture never mix: ``physics="ground_truth"`` with
       ``options["start_image"]`` is a ``ValueError``.
@@ -151,8 +153,12 @@ _INFO = """
     ``"memory_bytes"`` (bytes the scene memory holds), ``"frames_generated"`` (this episode),
     ``"collided"``, ``"blocked_by"`` (what stopped the move: ``"obstacle"``, ``"unseen"`` under
     generated physics, or ``None``), ``"physics"`` (the physics in force this episode),
-    ``"coverage"`` (fraction of the navigable floor seen this episode; under generated physics
-    the floor area shown, m^2),
+    ``"explored_m2"`` (floor area shown so far this episode, square metres, under both physics,
+    each measuring it its own way: see :mod:`mirage_gym.envs.tasks`; never decreases within an
+    episode), ``"coverage"`` (fraction of the house's navigable floor
+    seen this episode, in [0, 1]; ``inf`` under generated physics, which has no known total: the
+    keys and their types are the same in every episode, whichever its physics, and ``inf`` rather
+    than ``nan`` because ``check_env`` compares infos with ``==``),
     ``"reward_<term>"`` for each reward term (they sum to the reward; 0 at reset) and
     ``"step_time"`` when ``report_step_time``.
 
@@ -245,10 +251,11 @@ class MirageRoomEnv(_MirageEnv):
     """ + _ACTION_SPACE + """
     ## Rewards
 
-    The navigable floor newly seen in the step, in square metres (``info["reward_coverage"]``:
-    under ground-truth physics, cells of 0.25 m seen within 3 m, computed on the house from the
-    chunk's poses with ground-truth depth at 32x32, so the reward is exact and does not depend on
-    the generator; under generated physics, cells of 0.1 m of floor the generated frames show
+    The floor newly shown in the step, in square metres under both physics
+    (``info["reward_coverage"]``, the step's increase of ``info["explored_m2"]``: under
+    ground-truth physics, navigable cells of 0.25 m seen within 3 m, computed on the house from
+    the chunk's poses with ground-truth depth at 32x32, so the reward is exact and does not depend
+    on the generator; under generated physics, cells of 0.1 m of floor the generated frames show
     free within 3 m), minus ``collision_penalty`` when the move was stopped
     (``info["reward_collision"]``).
     """ + _PHYSICS + _STARTING_STATE + """

@@ -178,7 +178,7 @@ class _SubEnv:
 
     @property
     def coverage(self) -> float:
-        """Fraction of the navigable floor seen this episode (``nan`` under generated physics: no total)."""
+        """Fraction of the navigable floor seen this episode (``inf`` under generated physics: no total)."""
         return self.task_state.coverage.fraction
 
 

@@ -12,7 +12,7 @@ hook                                       returns
 ``observation_spaces()`` / ``observe``     extra observation entries (e.g. ``"goal"``)
 ``rewards(state, transition, new_floor)``  the reward terms ``{name: float}``, of ``reward_terms``
 ``terminated(state)``                      whether the episode ends (after ``rewards``)
-``info(state)``                            the task's info entries (``"coverage"``, ...)
+``info(state)``                            the task's info entries (``"coverage"``, ``"explored_m2"``, ...)
 =========================================  ===================================================
 
 :meth:`Task.step` and :meth:`Task.reset_info` tie them together: every info carries
@@ -32,16 +32,37 @@ Every episode runs under one physics (:attr:`Episode.physics`, see
   are exact and do not depend on how good the generator is (below);
 * ``"generated"``: computed on the generated world, with no house at all (a start picture has
   none): exploration is the floor area the generated frames have shown free, in square metres
-  (:class:`GeneratedCoverage`; the total is unknown, so ``info["coverage"]`` reports that area,
-  not a fraction), and PointNav goals are metric offsets from the start whose distance is
-  Euclidean (:func:`~mirage_gym.envs.physics.goal_from_offset`).
+  (:class:`GeneratedCoverage`), and PointNav goals are metric offsets from the start whose
+  distance is Euclidean (:func:`~mirage_gym.envs.physics.goal_from_offset`).
+
+Every task reports exploration under two names, each with one meaning under both physics, so a
+dataset or an evaluation that mixes episodes cannot mix units:
+
+* ``info["explored_m2"]``: the floor area shown so far this episode, square metres (the start
+  view included; it never decreases within an episode). Each physics measures it its own way
+  (below, and :class:`GeneratedCoverage`), so the same walk does not give the same number under
+  both: generated physics counts 0.1 m cells whose column a frame shows free within 3 m
+  horizontally, the house counts navigable 0.25 m cells whose floor a 32x32 render shows within
+  3 m of the camera. With the oracle in a house, generated physics reported 2-2.7 times the
+  house's area (``mirage-gym eval rl --quick``, three policies). Compare it within one physics,
+  or by rank;
+* ``info["coverage"]``: the fraction of the house's navigable floor seen, in [0, 1]. Only a house
+  has a total: under generated physics it is :data:`UNKNOWN_COVERAGE` (``inf``), a float outside
+  [0, 1], so the keys and dtypes of the info are the same in every episode, a mean over a mix of
+  episodes is ``inf`` rather than silently wrong, and ``math.isfinite`` tells the two apart. Not
+  ``nan``: ``nan != nan``, and Gymnasium's ``check_env`` compares infos with ``==``, so it would
+  fail every env under generated physics.
+
+The exploration reward is the newly shown floor, m^2, under both (the step's increase of
+``explored_m2``).
 
 Under ground-truth physics:
 
 * **Coverage** -- after every step the chunk's camera poses are rendered with ground-truth
   depth at :data:`COVERAGE_RESOLUTION` pixels (cheap: a few milliseconds) and
   :meth:`Scene.coverage` marks the navigable floor cells seen within 3 m. A cell counts once
-  per episode. Every task keeps it (``info["coverage"]``); exploration is rewarded by it.
+  per episode. Every task keeps it (``info["coverage"]``, their fraction of the navigable floor;
+  ``info["explored_m2"]``, their number times the cell area); exploration is rewarded by it.
 * **Geodesic distance** -- shortest paths over the free navigation cells (8-neighbourhood,
   no corner cutting) from the goal, computed once per episode with Dijkstra; the distance
   of a position is the smallest ``|p - c| + D(c)`` over the 3x3 cells ``c`` around it, so it is
@@ -71,6 +92,7 @@ from mirage_gym.world import Scene
 __all__ = [
     "COVERAGE_RESOLUTION",
     "MAX_OFFSET_GOAL_DISTANCE",
+    "UNKNOWN_COVERAGE",
     "Coverage",
     "Episode",
     "ExplorationTask",
@@ -87,6 +109,9 @@ __all__ = [
 
 COVERAGE_RESOLUTION = 32  # pixels of the ground-truth depth used for coverage
 MAX_OFFSET_GOAL_DISTANCE = 4.0  # metres: the farthest goal drawn as an offset (generated physics)
+# info["coverage"] under generated physics, which has no house and so no total floor: a float outside [0, 1]
+# that equals itself (nan would not, and Gymnasium's check_env compares infos with ==). See the module.
+UNKNOWN_COVERAGE = math.inf
 
 
 def reward_key(term: str) -> str:
@@ -169,11 +194,6 @@ class Coverage:
         """Square metres of navigable floor seen this episode."""
         return float(self.covered.sum()) * self.world.scene.grid_cell**2
 
-    @property
-    def reported(self) -> float:
-        """``info["coverage"]``: the fraction of the navigable floor seen."""
-        return self.fraction
-
 
 class GeneratedCoverage:
     """The floor the generated frames have shown free this episode (generated physics: no house, no total).
@@ -183,7 +203,7 @@ class GeneratedCoverage:
     """
 
     def __init__(self) -> None:
-        self.area = 0.0  # m^2, the start view included (the simulator adds it before the first step)
+        self.area = 0.0  # m^2 shown so far, the start view included (the simulator adds it before the first step)
 
     def observe(self, transition: Transition) -> float:
         self.area += float(transition.generated_floor)
@@ -191,13 +211,8 @@ class GeneratedCoverage:
 
     @property
     def fraction(self) -> float:
-        """Unknown: a generated world has no known total floor."""
-        return math.nan
-
-    @property
-    def reported(self) -> float:
-        """``info["coverage"]``: the floor area shown, m^2 (there is no total to divide by)."""
-        return self.area
+        """:data:`UNKNOWN_COVERAGE`: a generated world has no known total floor to be a fraction of."""
+        return UNKNOWN_COVERAGE
 
 
 def episode_coverage(episode: Episode) -> Coverage | GeneratedCoverage:
@@ -280,12 +295,13 @@ class Task(ABC):
         return False
 
     def info(self, state: TaskState) -> dict[str, Any]:
-        """The task's info entries, at reset and after every step (the same keys each time).
+        """The task's info entries, at reset and after every step (the same keys and types each time).
 
-        ``"coverage"`` is the fraction of the house's navigable floor seen under ground-truth
-        physics, and the floor area shown (m^2) under generated physics, whose total is unknown.
+        ``"explored_m2"`` is the floor area shown so far (m^2) under both physics; ``"coverage"``
+        is the fraction of the house's navigable floor seen, :data:`UNKNOWN_COVERAGE` (``inf``) under
+        generated physics (a generated world has no known total).
         """
-        return {"coverage": state.coverage.reported}
+        return {"coverage": float(state.coverage.fraction), "explored_m2": float(state.coverage.area)}
 
     # ------------------------------------------------------------------ called by the simulator
 
@@ -307,9 +323,10 @@ class Task(ABC):
 
 
 class ExplorationTask(Task):
-    """``MirageRoom-v0``: newly covered navigable floor (m^2) minus ``collision_penalty`` per collision.
+    """``MirageRoom-v0``: newly shown floor (m^2) minus ``collision_penalty`` per collision.
 
-    Reward terms: ``coverage`` (the floor first seen in the step, m^2) and ``collision``.
+    Reward terms: ``coverage`` (the floor first seen in the step, m^2, under both physics: the
+    step's increase of ``info["explored_m2"]``) and ``collision``.
     """
 
     reward_terms = ("coverage", "collision")

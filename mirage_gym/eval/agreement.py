@@ -11,8 +11,9 @@ env ("real", the procedural house with the oracle renderer), on the same episode
 
   a pair whose order differs between sim and real costs how far apart the policies really
   are. SIMPLER's scores are success rates in [0, 1]; here scores that are already fractions
-  (coverage, success) are used as they are, and a return is first min-max normalised over the
-  K policies' real means, ``(real - min) / (max - min)``, so MMRV is in [0, 1] for every metric
+  (coverage, the fraction of the house's navigable floor seen, and success) are used as they are,
+  and any other score (a return, ``explored_m2`` in square metres) is first min-max normalised
+  over the K policies' real means, ``(real - min) / (max - min)``, so MMRV is in [0, 1] for every metric
   (0: the world model never orders two policies differently from the house; only the real
   values are scaled, the sim values enter only through their order);
 * **bootstrap intervals**: ``n_boot`` resamples (seeded) of each policy's episodes with
@@ -32,7 +33,7 @@ from scipy import stats
 
 __all__ = ["mmrv", "spearman", "pearson", "normalise_real", "agreement", "bootstrap_mean_ci"]
 
-FRACTION_METRICS = frozenset({"coverage", "success"})
+FRACTION_METRICS = frozenset({"coverage", "success"})  # in [0, 1] by meaning (coverage: of the house's floor)
 
 
 def mmrv(sim: Sequence[float], real: Sequence[float]) -> float:

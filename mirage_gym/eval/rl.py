@@ -6,8 +6,18 @@ two environments: the *world-model* env (a generator -- the shipped ``default`` 
 otherwise -- and env options of the user's choice) and the *ground-truth* env (``generator="oracle"``:
 the procedural house rendered exactly). Episode k uses the held-out room ``first_room + k`` (room seeds
 >= 1,000,000 are never trained on) and reset seed ``seed + k``, in both envs and for every policy.
-Per policy: return, coverage, collisions, success (Nav); over policies: Spearman rho, Pearson r and
-MMRV for return and coverage (and success), with bootstrap intervals (:mod:`mirage_gym.eval.agreement`).
+Per policy: return, coverage, explored m^2, collisions, success (Nav); over policies: Spearman rho,
+Pearson r and MMRV for return and exploration (and success), with bootstrap intervals
+(:mod:`mirage_gym.eval.agreement`).
+
+**Which exploration metric is compared** (:meth:`RLEvalConfig.exploration_metric`, recorded as
+``"exploration_metric"`` in the result and named in the table): ``coverage``, the fraction of the
+house's navigable floor seen, when both envs run the house's physics; ``explored_m2``, the floor
+area shown (m^2), when either runs ``physics="generated"``, whose ``info["coverage"]`` is ``inf`` (a
+generated world has no known total). Both envs report ``explored_m2`` under either physics, each
+physics measuring it its own way (generated physics gives a few times the house's area for the same
+walk, see :mod:`mirage_gym.envs.tasks`): Spearman, Pearson and MMRV do not depend on that scale, the
+scatter's y = x line does. An episode's ``coverage`` is logged as ``null`` where it is not measured.
 
 Python API::
 
@@ -64,7 +74,7 @@ __all__ = [
 
 ENV_IDS = ("MirageRoom-v0", "MirageRoomNav-v0")
 SIDES = ("truth", "world")
-METRICS = ("return", "coverage", "collisions", "success", "length")
+METRICS = ("return", "coverage", "explored_m2", "collisions", "success", "length")
 QUICK_POLICIES = ("random", "turn_in_place", "bump_and_turn")
 LOG = "episodes.jsonl"
 RUN = "rl_run.json"
@@ -128,6 +138,17 @@ class RLEvalConfig:
             kwargs["max_episode_steps"] = self.max_episode_steps
         kwargs.update(self.world_kwargs if side == "world" else self.truth_kwargs)
         return kwargs
+
+    def exploration_metric(self) -> str:
+        """The exploration metric compared between the envs (and normalised by dream-to-real).
+
+        ``"coverage"`` (fraction of the house's navigable floor seen) when every env of ``sides`` runs
+        the house's physics; ``"explored_m2"`` (floor area shown, m^2) when one runs
+        ``physics="generated"``, where coverage is ``inf``. Evaluation episodes start in a house, so
+        ``physics=None`` is the house's there.
+        """
+        generated = any(self.env_kwargs(side).get("physics") == "generated" for side in self.sides)
+        return "explored_m2" if generated else "coverage"
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings an episode's result depends on (not how many episodes or resamples)."""
@@ -265,7 +286,9 @@ def run_episode(env, policy: Policy, room_seed: int, seed: int) -> dict[str, Any
         steps += 1
         if terminated or truncated:
             break
-    return {"return": total, "coverage": float(info["coverage"]), "collisions": collisions, "length": steps,
+    coverage = float(info["coverage"])  # inf under generated physics (no house total): logged as null
+    return {"return": total, "coverage": coverage if math.isfinite(coverage) else None,
+            "explored_m2": float(info["explored_m2"]), "collisions": collisions, "length": steps,
             "success": float(info["success"]) if "success" in info else None}
 
 
@@ -304,6 +327,7 @@ def evaluate_policies(policies: Sequence[Policy], config: RLEvalConfig, out: str
         (out / RUN).write_text(json.dumps(config.fingerprint(), indent=2) + "\n")
 
     finished = {(r["policy"], r["side"], r["episode"]) for r in done}
+    explore = config.exploration_metric()
     kill_after = int(os.environ.get(_KILL_AFTER, "0") or 0)
     written = 0
     try:
@@ -322,7 +346,7 @@ def evaluate_policies(policies: Sequence[Policy], config: RLEvalConfig, out: str
                     written += 1
                     if progress:
                         progress(f"{side:<5} {policy.name:<16} episode {k + 1}/{config.episodes}: return "
-                                 f"{metrics['return']:.3f}, coverage {metrics['coverage']:.3f}, "
+                                 f"{metrics['return']:.3f}, {explore} {metrics[explore]:.3f}, "
                                  f"collisions {metrics['collisions']}")
                     if kill_after and written >= kill_after:
                         os.kill(os.getpid(), signal.SIGKILL)
@@ -333,31 +357,51 @@ def evaluate_policies(policies: Sequence[Policy], config: RLEvalConfig, out: str
 
 
 def summarise(records: Sequence[dict[str, Any]], policies: Sequence[Policy], config: RLEvalConfig) -> dict[str, Any]:
-    """Per-policy means (with bootstrap intervals) and the agreement statistics, from the logged episodes."""
+    """Per-policy means (with bootstrap intervals) and the agreement statistics, from the logged episodes.
+
+    A metric an env does not measure (``coverage`` under generated physics, logged as ``null``) gets
+    ``None`` for its mean, interval and episodes. The exploration metric compared is
+    :meth:`RLEvalConfig.exploration_metric` (``result["exploration_metric"]``).
+    """
     names = [p.name for p in policies]
-    table: dict[str, dict[str, dict[str, list]]] = {n: {s: {m: [None] * config.episodes for m in METRICS}
+    missing = object()  # no record of this episode, or a record from before the metric was logged
+    table: dict[str, dict[str, dict[str, list]]] = {n: {s: {m: [missing] * config.episodes for m in METRICS}
                                                         for s in config.sides} for n in names}
     for r in records:
         if r["policy"] in table and r["side"] in config.sides and r["episode"] < config.episodes:
             for m in METRICS:
-                table[r["policy"]][r["side"]][m][r["episode"]] = r[m]
+                table[r["policy"]][r["side"]][m][r["episode"]] = r.get(m, missing)
+    explore = config.exploration_metric()
     metrics = [m for m in METRICS if m != "success" or config.env_id == "MirageRoomNav-v0"]
     per_policy: dict[str, Any] = {}
     for i, name in enumerate(names):
         per_policy[name] = {"describe": json.loads(json.dumps(policies[i].describe()))}
         for side in config.sides:
+            logged = sum(v is not missing for v in table[name][side]["return"])
+            if logged != config.episodes:
+                raise RuntimeError(f"{name} {side}: {logged} of {config.episodes} episodes logged")
             entry = {}
             for m in metrics:
-                values = [v for v in table[name][side][m] if v is not None]
-                if len(values) != config.episodes:
-                    raise RuntimeError(f"{name} {side} {m}: {len(values)} of {config.episodes} episodes logged")
+                values = table[name][side][m]
+                if any(v is missing for v in values):  # a log written before this metric was recorded
+                    if m == explore:
+                        raise RuntimeError(f"{name} {side}: the logged episodes have no {m!r} (a log from an "
+                                           "older version); evaluate into a new --out")
+                    continue
+                if all(v is None for v in values):  # not measured in this env (coverage under generated physics)
+                    entry[m] = {"mean": None, "std": None, "ci": [None, None], "episodes": [None] * len(values)}
+                    continue
+                if any(v is None for v in values):
+                    raise RuntimeError(f"{name} {side} {m}: measured in some episodes only; its mean would mix "
+                                       "episodes with and without a house")
                 entry[m] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
                             "ci": bootstrap_mean_ci(values, config.n_boot, seed=config.seed + i),
                             "episodes": [float(v) for v in values]}
             per_policy[name][side] = entry
-    result: dict[str, Any] = {"config": asdict(config), "policies": names, "per_policy": per_policy, "agreement": {}}
+    result: dict[str, Any] = {"config": asdict(config), "policies": names, "exploration_metric": explore,
+                              "per_policy": per_policy, "agreement": {}}
     if set(SIDES) <= set(config.sides):
-        for m in ("return", "coverage", "success"):
+        for m in ("return", explore, "success"):
             if m not in metrics:
                 continue
             sim = [per_policy[n]["world"][m]["episodes"] for n in names]
@@ -370,6 +414,12 @@ def summarise(records: Sequence[dict[str, Any]], policies: Sequence[Policy], con
 # --------------------------------------------------------------------------- presentation
 
 
+EXPLORATION_MEANINGS = {
+    "coverage": "fraction of the house's navigable floor seen; both envs run the house's physics",
+    "explored_m2": "floor area shown, m^2; an env runs generated physics, where coverage is inf (no house total)",
+}
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -378,8 +428,10 @@ def markdown_table(result: dict[str, Any]) -> str:
     """Per policy (world model | ground truth), then the agreement statistics with 95% bootstrap intervals."""
     config = result["config"]
     sides = [s for s in SIDES if s in config["sides"]]
-    metrics = [m for m in ("return", "coverage", "collisions", "success")
-               if m != "success" or config["env_id"] == "MirageRoomNav-v0"]
+    shown = [m for m in ("return", "coverage", "explored_m2", "collisions", "success")
+             if m != "success" or config["env_id"] == "MirageRoomNav-v0"]
+    first = result["per_policy"][result["policies"][0]]
+    metrics = [m for m in shown if all(m in first[s] for s in sides)]  # an old log may lack explored_m2
     label = {"world": f"world ({Path(str(config['world_generator'])).name})", "truth": "truth (oracle)"}
     head = ["policy"] + [f"{m} {label[s]}" for m in metrics for s in reversed(sides)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -388,10 +440,15 @@ def markdown_table(result: dict[str, Any]) -> str:
         for m in metrics:
             for s in reversed(sides):
                 entry = result["per_policy"][name][s][m]
+                if entry["mean"] is None:
+                    cells.append("n/a")  # not measured in this env (coverage under generated physics)
+                    continue
                 cells.append(f"{_fmt(entry['mean'], 2 if m == 'collisions' else 3)} +- "
                              f"{_fmt(entry['std'], 2 if m == 'collisions' else 3)}")
         lines.append("| " + " | ".join(cells) + " |")
     if result["agreement"]:
+        explore = result.get("exploration_metric", "coverage")
+        lines += ["", f"Exploration compared on `{explore}` ({EXPLORATION_MEANINGS[explore]})."]
         lines += ["", "| metric | Spearman rho [95% CI] | Pearson r [95% CI] | MMRV [95% CI] |", "|---|---|---|---|"]
         for m, stats in result["agreement"].items():
             cells = [m] + [f"{_fmt(stats[k]['value'])} [{_fmt(stats[k]['ci'][0])}, {_fmt(stats[k]['ci'][1])}]"
@@ -407,7 +464,7 @@ def plot_scatter(result: dict[str, Any], path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in ("return", "coverage", "success") if m in result["agreement"]]
+    metrics = list(result["agreement"])  # return, the exploration metric compared, success
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.6), squeeze=False)
     for ax, m in zip(axes[0], metrics, strict=True):
         xs, ys = [], []
@@ -500,8 +557,10 @@ def dream_to_real(
     ``truth_model``: then the caller vouches for equal budgets). The final models (not EvalCallback's
     "best", which is picked on held-out rooms) and a random policy then run the same ``episodes``
     held-out episodes in the ground-truth env (resumable, ``OUT/eval``), and
-    ``normalised = (dream - random) / (truth - random)`` for return, coverage (and success on Nav),
-    with a paired bootstrap interval over episodes.
+    ``normalised = (dream - random) / (truth - random)`` for return, exploration (coverage, or
+    ``explored_m2`` when ``eval_kwargs`` ask for ``physics="generated"``: see
+    :meth:`RLEvalConfig.exploration_metric`; ``result["exploration_metric"]`` names it) and success on
+    Nav, with a paired bootstrap interval over episodes.
     """
     agents = Path(agents_dir) if agents_dir else repo_root() / "agents"
     script, hyper = agents / "train_ppo.py", agents / "hyperparams.yml"
@@ -550,7 +609,8 @@ def dream_to_real(
     policies: list[Policy] = [SCRIPTED["random"]()]
     policies += [PPOPolicy(models[role], name=f"ppo_{role}", wrapper_kwargs=wrapper) for role in ("dream", "truth")]
     evaluated = evaluate_policies(policies, config, out / "eval", progress=progress)
-    metrics = ["return", "coverage"] + (["success"] if env_id == "MirageRoomNav-v0" else [])
+    explore = config.exploration_metric()
+    metrics = ["return", explore] + (["success"] if env_id == "MirageRoomNav-v0" else [])
     per = evaluated["per_policy"]
     normalised = {}
     rng = np.random.default_rng(eval_seed)
@@ -568,6 +628,7 @@ def dream_to_real(
                          "truth": float(eps["ppo_truth"].mean())}
     result = {"env_id": env_id, "generator": str(generator), "timesteps": timesteps, "train_seed": seed,
               "train_args": train_args, "models": {k: str(v) for k, v in models.items()},
+              "exploration_metric": explore,
               "model_sha256": {k: p.sha256 for k, p in zip(("dream", "truth"), policies[1:], strict=True)},
               "normalised": normalised, "evaluation": {k: v for k, v in evaluated.items() if k != "table"}}
     result["table"] = transfer_table(result)
@@ -623,7 +684,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", default="default",
                         help="the world model: 'default' (shipped weights), a model folder, or 'oracle'")
     parser.add_argument("--world-option", action="append", metavar="KEY=VALUE",
-                        help="extra gym.make option of the world-model env (repeatable, e.g. physics=generated)")
+                        help="extra gym.make option of the world-model env (repeatable, e.g. physics=generated: "
+                             "exploration is then compared on explored_m2, the floor area shown, as coverage is inf)")
     parser.add_argument("--truth-option", action="append", metavar="KEY=VALUE",
                         help="extra gym.make option of the ground-truth env (repeatable)")
     parser.add_argument("--episodes", type=int, default=None, help="held-out episodes per policy (default 20, quick 2)")

@@ -165,3 +165,15 @@ def test_wan22_5b_timing_model_builds_and_steps_in_bf16(monkeypatch):
     out = gen.step(pose[:, None].repeat(1, 5, 1, 1), torch.Generator().manual_seed(0))
     assert out.rgb.shape == (1, 5, 32, 32, 3) and out.latents.shape[1] == 48
     assert torch.isfinite(out.depth).all()
+
+
+def test_bench_env_command_times_both_physics_side_by_side(tmp_path, capsys):
+    from mirage_gym.cli import main
+
+    out = tmp_path / "bench_env"
+    assert main(["bench", "env", "--generator", "oracle", "--num-envs", "2", "--steps", "1", "--warmup", "0",
+                 "--resolution", "32", "--chunk", "2", "--physics", "ground_truth", "generated", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench_env.json").read_text())["results"]["throughput"]
+    assert [(r["physics"], r["num_envs"]) for r in rows] == [("ground_truth", 1), ("ground_truth", 2),
+                                                             ("generated", 1), ("generated", 2)]
+    assert "generated" in capsys.readouterr().out

@@ -127,6 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="default", help="model config (architecture, resolution, chunk)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--physics", nargs="+", default=["ground_truth"], choices=["ground_truth", "generated"],
+                        help="physics settings timed one after the other in this run (side by side)")
     parser.add_argument("--episode-steps", type=int, default=0,
                         help="then one episode this long: RSS and memory_bytes along it (0: skip)")
     parser.add_argument("--out", default="runs/bench_env", help="results folder (JSON, provenance)")
@@ -153,12 +155,16 @@ def run(args: argparse.Namespace) -> int:
                   "room_seeds": [EVAL_ROOM_SEED_OFFSET + i for i in range(8)]}
     print(f"generator: {what}; memory {args.memory}; {env_kwargs['resolution']}x{env_kwargs['resolution']}, "
           f"chunks of {env_kwargs['chunk']}; torch threads {torch.get_num_threads()}", flush=True)
-    rows = bench_env(generator, args.num_envs, steps=args.steps, warmup=args.warmup, memory=args.memory,
-                     env_kwargs=env_kwargs, seed=args.seed)
-    single = rows[0]["env_steps_per_s"]
-    print(f"\n{'num_envs':>8} {'batched':>8} | {'ms/step':>9} {'env steps/s':>12} {'frames/s':>9} {'x single':>9}")
+    rows = []
+    for physics in args.physics:
+        rows += [{"physics": physics, **r} for r in bench_env(
+            generator, args.num_envs, steps=args.steps, warmup=args.warmup, memory=args.memory,
+            env_kwargs={**env_kwargs, "physics": physics}, seed=args.seed)]
+    print(f"\n{'physics':>12} {'num_envs':>8} {'batched':>8} | {'ms/step':>9} {'env steps/s':>12} {'frames/s':>9} "
+          f"{'x single':>9}")
     for r in rows:
-        print(f"{r['num_envs']:>8} {'yes' if r['batched'] else 'no':>8} | {r['ms_per_step']:>9.1f} "
+        single = next(q for q in rows if q["physics"] == r["physics"])["env_steps_per_s"]
+        print(f"{r['physics']:>12} {r['num_envs']:>8} {'yes' if r['batched'] else 'no':>8} | {r['ms_per_step']:>9.1f} "
               f"{r['env_steps_per_s']:>12.2f} {r['frames_per_s']:>9.1f} {r['env_steps_per_s'] / single:>9.2f}")
     print(f"(median of {args.steps} steps after {args.warmup} warm-up steps; random actions)")
     config_out = {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "generator": what,

@@ -109,6 +109,8 @@ CANDIDATES = (
     Candidate("f4-c8-d24-bilinear", _vae(4, 8, upsample_fn="bilinear")),
     Candidate("f4-c8-d24+grad", _vae(4, 8), {"grad_weight": 1.0}),
     Candidate("f4-c8-d24+grad+gan", _vae(4, 8), {"grad_weight": 1.0, "gan_weight": 0.05, "gan_start": 0.3}),
+    # The two best of the nine together: the design of configs/sharp.json.
+    Candidate("f4-c12-d24-deep-low-res (sharp)", _vae(4, 12, num_decoder_blocks=(6, 4, 1))),
 )
 
 
@@ -419,7 +421,7 @@ def markdown_table(rows: list[dict], decode_ms: dict[str, float] | None = None) 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="results folder: ablation.jsonl, ablation.md, frames, runs/")
     parser.add_argument("--config", default="default", help="base config: resolution, data, training.vae")
-    parser.add_argument("--candidates", default=None, help="JSON file of candidates (default: the built-in nine)")
+    parser.add_argument("--candidates", default=None, help="JSON file of candidates (default: the built-in ten)")
     parser.add_argument("--only", nargs="+", default=None, help="train only these candidates (names or folder names)")
     parser.add_argument("--budget-min", type=float, default=6.0, help="CPU minutes of training per candidate")
     parser.add_argument("--train-frames", type=int, default=4096, help="pre-rendered training frames")

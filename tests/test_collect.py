@@ -373,7 +373,7 @@ def test_the_physics_is_recorded_and_a_dataset_keeps_its_physics(tmp_path, capsy
         coverage, explored = episode.infos["coverage"], episode.infos["explored_m2"]
         assert coverage.dtype == np.float64 and coverage.shape == (STEPS + 1,) and np.all(coverage == np.inf)
         assert explored.dtype == np.float64 and explored.min() > 0 and np.all(np.diff(explored) >= 0)
-        np.testing.assert_allclose(np.diff(explored), episode.infos["reward_coverage"][1:], atol=1e-9)
+        np.testing.assert_allclose(np.diff(explored), episode.infos["reward_explored"][1:], atol=1e-9)
     with pytest.raises(ValueError, match="other settings.*'physics': 'generated'.*'physics': 'ground_truth'"):
         run_collect(tmp_path, "mirage/physics-v0", env_kwargs={**ENV_KWARGS, "physics": "ground_truth"}, episodes=3)
     with pytest.raises(ValueError, match="physics must be one of"):

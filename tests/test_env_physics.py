@@ -229,13 +229,13 @@ def test_a_wall_seen_then_turned_away_from_still_blocks():
 def test_generated_physics_rewards_and_info_need_no_house():
     env = oracle_env("generated")
     _, info = env.reset(seed=0)
-    assert info["explored_m2"] > 0 and info["reward_coverage"] == 0.0  # the start view's floor, m^2
+    assert info["explored_m2"] > 0 and info["reward_explored"] == 0.0  # the start view's floor, m^2
     assert info["coverage"] == math.inf  # no house: no total floor to be a fraction of
     total = info["explored_m2"]
     for _ in range(4):
         _, reward, _, _, info = env.step(TURN)
-        assert reward == pytest.approx(info["reward_coverage"] + info["reward_collision"])
-        total += info["reward_coverage"]
+        assert reward == pytest.approx(info["reward_explored"] + info["reward_collision"])
+        total += info["reward_explored"]
         assert info["explored_m2"] == pytest.approx(total)  # the area shown so far, square metres
         assert info["coverage"] == math.inf
     assert info["explored_m2"] > 1.0  # more than a fraction could be
@@ -253,7 +253,7 @@ def test_explored_m2_and_coverage_mean_the_same_under_both_physics(physics):
     areas = np.array([i["explored_m2"] for i in infos])
     assert all(type(i["explored_m2"]) is float and type(i["coverage"]) is float for i in infos)
     assert areas.min() >= 0.0 and np.all(np.diff(areas) >= 0.0) and areas[-1] > areas[0]
-    assert np.diff(areas) == pytest.approx([i["reward_coverage"] for i in infos[1:]])
+    assert np.diff(areas) == pytest.approx([i["reward_explored"] for i in infos[1:]])
     coverage = np.array([i["coverage"] for i in infos])
     if physics == "generated":
         assert np.all(coverage == math.inf)

@@ -144,9 +144,9 @@ def test_single_and_vector_envs_take_the_same_keywords():
 def test_vector_reward_terms_and_bounds(tiny_folder):
     envs = make(tiny_folder, num_envs=2)
     _, info = envs.reset(seed=0)
-    assert info["reward_coverage"].tolist() == [0.0, 0.0]
+    assert info["reward_explored"].tolist() == [0.0, 0.0]
     _, rewards, _, _, info = envs.step(np.array([[1, 0, 0, 0], [0, 0, 1, 0]], np.float32))
-    np.testing.assert_allclose(rewards, info["reward_coverage"] + info["reward_collision"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(rewards, info["reward_explored"] + info["reward_collision"], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"max_translation must be in \(0, 2\]"):
         make(tiny_folder, max_translation=1e5)
     with pytest.raises(ValueError, match=r"max_episode_steps must be in \[1, 1000000\]"):

@@ -252,7 +252,7 @@ class MirageRoomEnv(_MirageEnv):
     ## Rewards
 
     The floor newly shown in the step, in square metres under both physics
-    (``info["reward_coverage"]``, the step's increase of ``info["explored_m2"]``: under
+    (``info["reward_explored"]``, the step's increase of ``info["explored_m2"]``: under
     ground-truth physics, navigable cells of 0.25 m seen within 3 m, computed on the house from
     the chunk's poses with ground-truth depth at 32x32, so the reward is exact and does not depend
     on the generator; under generated physics, cells of 0.1 m of floor the generated frames show

@@ -115,7 +115,7 @@ UNKNOWN_COVERAGE = math.inf
 
 
 def reward_key(term: str) -> str:
-    """The info key of a reward term (``"coverage"`` -> ``"reward_coverage"``, as Gymnasium's MuJoCo envs)."""
+    """The info key of a reward term (``"coverage"`` -> ``"reward_explored"``, as Gymnasium's MuJoCo envs)."""
     return f"reward_{term}"
 
 
@@ -325,14 +325,14 @@ class Task(ABC):
 class ExplorationTask(Task):
     """``MirageRoom-v0``: newly shown floor (m^2) minus ``collision_penalty`` per collision.
 
-    Reward terms: ``coverage`` (the floor first seen in the step, m^2, under both physics: the
+    Reward terms: ``explored`` (the floor first seen in the step, m^2, under both physics: the
     step's increase of ``info["explored_m2"]``) and ``collision``.
     """
 
-    reward_terms = ("coverage", "collision")
+    reward_terms = ("explored", "collision")
 
     def rewards(self, state, transition, new_floor):
-        return {"coverage": new_floor, "collision": self._collision(transition)}
+        return {"explored": new_floor, "collision": self._collision(transition)}
 
 
 class PointNavTask(Task):

@@ -33,7 +33,7 @@ from mirage_gym.training.latent_clips import LatentClips
 from mirage_gym.training.lora_stage import LoraRun, expert_flow_loss, load_lora_config, train_lora
 from mirage_gym.config import Config
 from mirage_gym.training import loop
-from mirage_gym.training.loop import CHECKPOINT, load_tensors
+from mirage_gym.training.loop import CHECKPOINT, RunOptions, load_tensors
 from mirage_gym.training.video_clips import RawVideoClips, annotate_video_clips, encode_video_clips
 from test_pretrained import flow, run_chunk, wan_folder
 
@@ -63,13 +63,15 @@ def wan_a14b(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_5b(tmp_path_factory, config, wan_5b) -> LoraRun:
     """float32 on CPU; 64x64 frames (the 5B VAE is 16x, its patches 2x2)."""
-    return train_lora(with_model(config, resolution=64), wan_5b, tmp_path_factory.mktemp("lora5b"), progress=False)
+    return train_lora(with_model(config, resolution=64), wan_5b, tmp_path_factory.mktemp("lora5b"),
+                      run=RunOptions(progress=False))
 
 
 @pytest.fixture(scope="module")
 def run_a14b(tmp_path_factory, config, wan_a14b) -> LoraRun:
     """The GPU recipe (bf16 base, fp32 trained weights, bf16 autocast) run on the CPU."""
-    return train_lora(config, wan_a14b, tmp_path_factory.mktemp("loraa14b"), precision="bf16", progress=False)
+    return train_lora(config, wan_a14b, tmp_path_factory.mktemp("loraa14b"), precision="bf16",
+                      run=RunOptions(progress=False))
 
 
 def _base_name(name: str) -> str:
@@ -311,19 +313,19 @@ def test_a_base_that_is_not_wan22_is_refused_before_anything_is_written(tmp_path
 
 def test_bad_settings_and_a_foreign_run_folder_are_refused(tmp_path, config, wan_a14b, run_5b):
     with pytest.raises(ValueError, match="chunk_frames: a temporal VAE with factor 4 needs 1 \\+ 4k frames"):
-        train_lora(with_model(config, chunk_frames=6), wan_a14b, tmp_path / "out", progress=False)
+        train_lora(with_model(config, chunk_frames=6), wan_a14b, tmp_path / "out", run=RunOptions(progress=False))
     with pytest.raises(ValueError, match="resolution 36 must be a multiple of 16"):
-        train_lora(with_model(config, resolution=36), wan_a14b, tmp_path / "out", progress=False)
+        train_lora(with_model(config, resolution=36), wan_a14b, tmp_path / "out", run=RunOptions(progress=False))
     with pytest.raises(ValueError, match="lora.rank must be a positive integer"):
-        train_lora(config, wan_a14b, tmp_path / "out", rank=0, progress=False)
+        train_lora(config, wan_a14b, tmp_path / "out", rank=0, run=RunOptions(progress=False))
     with pytest.raises(ValueError, match="precision must be one of"):
-        train_lora(config, wan_a14b, tmp_path / "out", precision="fp16", progress=False)
+        train_lora(config, wan_a14b, tmp_path / "out", precision="fp16", run=RunOptions(progress=False))
     assert not (tmp_path / "out").exists()
     # A run folder of another base keeps its clips and checkpoints: nothing is touched.
     out = run_5b.folder.parent
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     with pytest.raises(ValueError, match="holds a LoRA run with other settings \\(base, resolution"):
-        train_lora(config, wan_a14b, out, progress=False)
+        train_lora(config, wan_a14b, out, run=RunOptions(progress=False))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     with pytest.raises(ValueError, match="is not a LoRA config: it has no model.lora"):
         load_lora_config("default")  # the CPU model's config is not a LoRA config
@@ -346,9 +348,9 @@ def test_a_resumed_lora_run_is_the_same_run(tmp_path, monkeypatch, config, run_5
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        train_lora(with_model(config, resolution=64), wan_5b, out, progress=False)
+        train_lora(with_model(config, resolution=64), wan_5b, out, run=RunOptions(progress=False))
     monkeypatch.undo()
-    train_lora(with_model(config, resolution=64), wan_5b, out, progress=False)
+    train_lora(with_model(config, resolution=64), wan_5b, out, run=RunOptions(progress=False))
     whole = run_5b.folder.parent
     for folder in (CHECKPOINT, f"depth/{CHECKPOINT}"):
         first, second = load_tensors(whole / folder)["modules"], load_tensors(out / folder)["modules"]

@@ -24,7 +24,7 @@ from mirage_gym.training.generator_stage import (
 )
 from mirage_gym.training.latent_clips import LatentClips
 from mirage_gym.training import loop
-from mirage_gym.training.loop import CHECKPOINT, load_tensors
+from mirage_gym.training.loop import CHECKPOINT, RunOptions, load_tensors
 from mirage_gym.training.vae_stage import _losses, chroma_ratio, colour_l1, evaluate_stage1, load_stage1, train_vae
 
 TINY = Path(__file__).parent / "configs" / "tiny.json"
@@ -44,14 +44,14 @@ def config() -> Config:
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory, config) -> Path:
     out = tmp_path_factory.mktemp("stage1")
-    train_vae(config, out, progress=False)
+    train_vae(config, out, run=RunOptions(progress=False))
     return out
 
 
 @pytest.fixture(scope="module")
 def stage2(tmp_path_factory, config, stage1) -> Path:
     out = tmp_path_factory.mktemp("stage2")
-    train_generator(config, out, stage1, progress=False)
+    train_generator(config, out, stage1, run=RunOptions(progress=False))
     return out
 
 
@@ -91,10 +91,10 @@ def test_colour_l1_weights_chroma_apart_from_luma():
 
 
 def test_vae_stage_resumes_from_checkpoint(tmp_path, config):
-    train_vae(config, tmp_path, steps=2, progress=False)
+    train_vae(config, tmp_path, run=RunOptions(steps=2, progress=False))
     first = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert first["train_state"]["step"] == 2
-    train_vae(config, tmp_path, steps=4, progress=False)
+    train_vae(config, tmp_path, run=RunOptions(steps=4, progress=False))
     second = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert second["train_state"]["step"] == 4
     # The schedule continued rather than restarting: the scheduler counted all four steps.
@@ -103,11 +103,11 @@ def test_vae_stage_resumes_from_checkpoint(tmp_path, config):
 
 def test_frozen_encoder_keeps_latents_and_calibration(tmp_path, config):
     config = with_training(config, "vae", steps=5, freeze_encoder_at=2)
-    train_vae(config, tmp_path, steps=3, progress=False)
+    train_vae(config, tmp_path, run=RunOptions(steps=3, progress=False))
     at_freeze = json.loads((tmp_path / "vae" / "config.json").read_text())
     encoder_at_freeze = {k: v.clone() for k, v in load_stage1(tmp_path, torch.device("cpu"))[0].vae.encoder.state_dict().items()}
     head_at_freeze = load_stage1(tmp_path, torch.device("cpu"))[1].state_dict()
-    train_vae(config, tmp_path, progress=False)  # resumes at step 3, ends at 5
+    train_vae(config, tmp_path, run=RunOptions(progress=False))  # resumes at step 3, ends at 5
     vae, head = load_stage1(tmp_path, torch.device("cpu"))
     final = json.loads((tmp_path / "vae" / "config.json").read_text())
     # Latents a stage 2 encoded at the freeze are still the latents of the final export...
@@ -146,7 +146,7 @@ def test_interrupted_clip_encoding_ends_with_the_same_clips(tmp_path, config, st
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, config):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="checkpoint.pt"):
-        train_vae(config, tmp_path, progress=False)
+        train_vae(config, tmp_path, run=RunOptions(progress=False))
     # Nothing was overwritten.
     assert (tmp_path / CHECKPOINT).read_bytes() == b"not a checkpoint"
 
@@ -232,10 +232,10 @@ def test_depth_stage_trains_its_own_head_and_exports_a_stage1_folder(tmp_path, c
     from mirage_gym.training.depth_stage import FRAMES_FILE, train_depth
 
     out = tmp_path / "depth"
-    train_depth(config, stage1, out, steps=2, progress=False)
+    train_depth(config, stage1, out, run=RunOptions(steps=2, progress=False))
     assert torch.load(out / CHECKPOINT, weights_only=True)["train_state"]["step"] == 2
     frames_at_two = torch.load(out / FRAMES_FILE, weights_only=True)["latents"]
-    train_depth(config, stage1, out, progress=False)  # resumes at 2, ends at 4, frames not re-rendered
+    train_depth(config, stage1, out, run=RunOptions(progress=False))  # resumes at 2, ends at 4, frames not re-rendered
     state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["train_state"]["step"] == 4 and state["scheduler"]["last_epoch"] == 4
     assert torch.equal(torch.load(out / FRAMES_FILE, weights_only=True)["latents"], frames_at_two)
@@ -253,11 +253,11 @@ def test_depth_stage_loss_falls_on_its_frames(tmp_path, config, stage1):
 
     out = tmp_path / "depth"
     config = with_training(config, "depth", lr=3e-3, latent_noise=0.0, warmup=1)
-    train_depth(config, stage1, out, steps=1, progress=False)
+    train_depth(config, stage1, out, run=RunOptions(steps=1, progress=False))
     frames = torch.load(out / FRAMES_FILE, weights_only=True)
     args = (frames["latents"].float(), frames["depth"].float(), frames["token_depth"].float())
     before = depth_loss(load_stage1(out, torch.device("cpu"))[1], *args).item()
-    train_depth(config, stage1, out, steps=100, progress=False)
+    train_depth(config, stage1, out, run=RunOptions(steps=100, progress=False))
     after = depth_loss(load_stage1(out, torch.device("cpu"))[1], *args).item()
     assert after < 0.9 * before, (before, after)
 
@@ -266,7 +266,7 @@ def test_depth_stage_without_stage1_names_the_folder(tmp_path, config):
     from mirage_gym.training.depth_stage import train_depth
 
     with pytest.raises(ValueError, match="no stage-1 export"):
-        train_depth(config, tmp_path / "missing", tmp_path / "out", progress=False)
+        train_depth(config, tmp_path / "missing", tmp_path / "out", run=RunOptions(progress=False))
     assert not (tmp_path / "out").exists()
 
 
@@ -275,14 +275,14 @@ def test_a_config_without_the_stage_says_so(tmp_path, config, stage1):
 
     without = dataclasses.replace(config, training=dataclasses.replace(config.training, depth=None))
     with pytest.raises(ValueError, match="no 'training.depth' section"):
-        train_depth(without, stage1, tmp_path / "out", progress=False)
+        train_depth(without, stage1, tmp_path / "out", run=RunOptions(progress=False))
 
 
 def test_depth_stage_learns_from_the_generators_own_latents(tmp_path, config, stage1, stage2):
     from mirage_gym.training.depth_stage import FRAMES_FILE, GENERATED_FILE, train_depth
 
     out = tmp_path / "depth"
-    train_depth(config, stage1, out, generator=stage2 / "model", steps=2, progress=False)
+    train_depth(config, stage1, out, generator=stage2 / "model", run=RunOptions(steps=2, progress=False))
     generated, encoded = torch.load(out / GENERATED_FILE, weights_only=True), torch.load(out / FRAMES_FILE, weights_only=True)
     assert generated["latents"].shape[0] == config.training.depth.generated_frames
     assert generated["latents"].shape[1:] == encoded["latents"].shape[1:]
@@ -291,7 +291,7 @@ def test_depth_stage_learns_from_the_generators_own_latents(tmp_path, config, st
     # Generated latents are the model's inventions, not encodings of the frames they stand for.
     assert not torch.equal(generated["latents"][:4], encoded["latents"][:4])
     # A resumed run reuses them.
-    train_depth(config, stage1, out, generator=stage2 / "model", progress=False)
+    train_depth(config, stage1, out, generator=stage2 / "model", run=RunOptions(progress=False))
     assert torch.equal(torch.load(out / GENERATED_FILE, weights_only=True)["latents"], generated["latents"])
 
 
@@ -355,9 +355,9 @@ def test_vae_stage_resumed_is_the_same_run(tmp_path, monkeypatch, config, stage1
     assert config.training.vae.freeze_encoder_at == 3 and config.training.vae.steps == 4
     kill_after_checkpoint(monkeypatch, tmp_path, 2)
     with pytest.raises(Killed):
-        train_vae(config, tmp_path, progress=False)
+        train_vae(config, tmp_path, run=RunOptions(progress=False))
     monkeypatch.undo()
-    train_vae(config, tmp_path, progress=False)
+    train_vae(config, tmp_path, run=RunOptions(progress=False))
     assert_same_weights(stage1, tmp_path)
     assert load_tensors(tmp_path / CHECKPOINT)["train_state"]["extra"] == load_tensors(stage1 / CHECKPOINT)["train_state"]["extra"]
 
@@ -365,21 +365,21 @@ def test_vae_stage_resumed_is_the_same_run(tmp_path, monkeypatch, config, stage1
 def test_depth_stage_resumed_is_the_same_run(tmp_path, monkeypatch, config, stage1):
     from mirage_gym.training.depth_stage import train_depth
 
-    train_depth(config, stage1, tmp_path / "whole", progress=False)
+    train_depth(config, stage1, tmp_path / "whole", run=RunOptions(progress=False))
     kill_after_checkpoint(monkeypatch, tmp_path / "cut", 2)
     with pytest.raises(Killed):
-        train_depth(config, stage1, tmp_path / "cut", progress=False)
+        train_depth(config, stage1, tmp_path / "cut", run=RunOptions(progress=False))
     monkeypatch.undo()
-    train_depth(config, stage1, tmp_path / "cut", progress=False)
+    train_depth(config, stage1, tmp_path / "cut", run=RunOptions(progress=False))
     assert_same_weights(tmp_path / "whole", tmp_path / "cut")
 
 
 def test_generator_stage_resumed_is_the_same_run(tmp_path, monkeypatch, config, stage1, stage2):
     kill_after_checkpoint(monkeypatch, tmp_path, 2)
     with pytest.raises(Killed):
-        train_generator(config, tmp_path, stage1, progress=False)
+        train_generator(config, tmp_path, stage1, run=RunOptions(progress=False))
     monkeypatch.undo()
-    train_generator(config, tmp_path, stage1, progress=False)
+    train_generator(config, tmp_path, stage1, run=RunOptions(progress=False))
     assert_same_weights(stage2, tmp_path)
 
 
@@ -401,7 +401,7 @@ def test_a_planted_checkpoint_is_refused_unread(tmp_path, config):
     out.mkdir()
     torch.save({"train_state": RunsCode(marker)}, out / CHECKPOINT)
     with pytest.raises(ValueError, match=f"{out / CHECKPOINT} is not a plain checkpoint"):
-        train_vae(config, out, progress=False)
+        train_vae(config, out, run=RunOptions(progress=False))
     assert not marker.exists()
 
 
@@ -412,7 +412,7 @@ def test_a_planted_frame_cache_is_refused_unread(tmp_path, config, stage1):
     out.mkdir()
     torch.save({"latents": RunsCode(marker)}, out / FRAMES_FILE)
     with pytest.raises(ValueError, match=f"{out / FRAMES_FILE} is not a plain checkpoint"):
-        train_depth(config, stage1, out, progress=False)
+        train_depth(config, stage1, out, run=RunOptions(progress=False))
     assert not marker.exists()
 
 
@@ -457,7 +457,7 @@ def stage2_digest(out: Path) -> str:
 def test_stage2_without_depth_loss_is_the_run_it_was(tmp_path, config):
     assert config.training.generator.depth_weight == 0.0
     stage1 = random_stage1(tmp_path / "stage1", config)
-    train_generator(config, tmp_path / "stage2", stage1, progress=False)
+    train_generator(config, tmp_path / "stage2", stage1, run=RunOptions(progress=False))
     assert stage2_digest(tmp_path / "stage2") == STAGE2_BEFORE_DEPTH_LOSS
     # The clips now keep ground-truth token depth (what the depth loss scores against).
     clips = LatentClips(tmp_path / "stage2" / "clips")
@@ -521,7 +521,7 @@ def test_depth_loss_moves_the_transformer_not_the_head(stage2, config):
 
 def test_stage2_with_depth_loss_trains_and_ships_the_head_unchanged(tmp_path, config, stage1):
     config = with_training(config, "generator", depth_weight=1.0)
-    stats = train_generator(config, tmp_path, stage1, steps=2, progress=False)
+    stats = train_generator(config, tmp_path, stage1, run=RunOptions(steps=2, progress=False))
     assert stats["train/depth"] > 0 and "val/depth" in stats
     exported = MirageGenerator.from_pretrained(tmp_path / "model").depth_head
     _, head = load_stage1(stage1, torch.device("cpu"))
@@ -581,13 +581,13 @@ def test_self_forcing_resumed_is_the_same_run_and_exports_a_model(tmp_path, monk
 
     hp = config.training.self_forcing
     assert hp.steps == 2 and hp.checkpoint_every == 1
-    stats = train_self_forcing(config, tmp_path / "whole", stage2 / "model", progress=False)
+    stats = train_self_forcing(config, tmp_path / "whole", stage2 / "model", run=RunOptions(progress=False))
     assert {"train/loss", "train/flow", "train/depth", "val/loss"} <= set(stats)
     kill_after_checkpoint(monkeypatch, tmp_path / "cut", 1)
     with pytest.raises(Killed):
-        train_self_forcing(config, tmp_path / "cut", stage2 / "model", progress=False)
+        train_self_forcing(config, tmp_path / "cut", stage2 / "model", run=RunOptions(progress=False))
     monkeypatch.undo()
-    train_self_forcing(config, tmp_path / "cut", stage2 / "model", progress=False)
+    train_self_forcing(config, tmp_path / "cut", stage2 / "model", run=RunOptions(progress=False))
     assert load_tensors(tmp_path / "cut" / CHECKPOINT)["train_state"]["step"] == 2
     assert_same_weights(tmp_path / "whole", tmp_path / "cut")
     # The export: the input model's settings and parts, the fine-tuned transformer.
@@ -617,7 +617,7 @@ def test_self_forcing_config_errors_name_the_field(tmp_path, config):
     with pytest.raises(ValueError, match=str(tmp_path)):
         from mirage_gym.training.rollout_stage import train_self_forcing
 
-        train_self_forcing(config, tmp_path / "out", tmp_path, progress=False)
+        train_self_forcing(config, tmp_path / "out", tmp_path, run=RunOptions(progress=False))
 
 
 # ---------------------------------------------------------------------- stage-1 losses and the factor-4 design
@@ -684,12 +684,12 @@ def test_factor4_design_builds_trains_every_stage_and_generates(tmp_path):
 def test_stage1_with_a_discriminator_resumed_is_the_same_run(tmp_path, monkeypatch):
     # The adversary (weights, spectral-norm vectors, its optimiser) resumes with the stage: bit for bit.
     config = with_training(load_config(TINY_F4), "vae", steps=4, gan_start=1, freeze_encoder_at=None)
-    train_vae(config, tmp_path / "whole", progress=False)
+    train_vae(config, tmp_path / "whole", run=RunOptions(progress=False))
     kill_after_checkpoint(monkeypatch, tmp_path / "cut", 2)
     with pytest.raises(Killed):
-        train_vae(config, tmp_path / "cut", progress=False)
+        train_vae(config, tmp_path / "cut", run=RunOptions(progress=False))
     monkeypatch.undo()
-    train_vae(config, tmp_path / "cut", progress=False)
+    train_vae(config, tmp_path / "cut", run=RunOptions(progress=False))
     assert_same_weights(tmp_path / "whole", tmp_path / "cut")
     first, second = (load_tensors(p / CHECKPOINT)["adversary_optimizer"] for p in (tmp_path / "whole", tmp_path / "cut"))
     for key, value in first["state"].items():
@@ -729,7 +729,7 @@ def test_fit_stops_at_a_cpu_budget(tmp_path, config):
     stage = Stage("toy", {"layer": layer}, lambda step, rng: torch.randn(8, 4, generator=rng),
                   lambda batch, rng: (layer(batch).pow(2).mean(), {"loss": 0.0}))
     settings = dataclasses.replace(config.training.vae, steps=10_000, log_every=10_000, checkpoint_every=10_000)
-    fitted = fit(stage, settings, tmp_path, config=config, progress=False, cpu_budget_s=0.05)
+    fitted = fit(stage, settings, tmp_path, config=config, run=RunOptions(progress=False), cpu_budget_s=0.05)
     assert 0 < fitted.step < 10_000 and fitted.cpu_time_s >= 0.05
     saved = load_tensors(tmp_path / CHECKPOINT)["train_state"]  # the run ends with a checkpoint
     assert saved["step"] == fitted.step and saved["cpu_time"] == pytest.approx(fitted.cpu_time_s)

@@ -56,7 +56,7 @@ from mirage_gym.metrics import reconstruction_figures
 from mirage_gym.model.vae import VideoVAE, build_autoencoder
 from mirage_gym.training.data import RoomStream
 from mirage_gym.training.loop import (
-    Stage, fit, load_tensors, make_optimizer, save_tensors, step_rng,
+    RunOptions, Stage, fit, load_tensors, make_optimizer, save_tensors, step_rng,
 )
 from mirage_gym.training.vae_stage import (
     chroma_ratio, discriminator_adversary, held_out_frames, reconstruction_loss, with_latent_noise,
@@ -309,7 +309,7 @@ def train_candidate(
     torch.manual_seed(hp.seed)  # every candidate starts from its seed's weights
     step_of = [0]
     stage, autoencoder = build_stage(candidate, hp, frames["train"], step_of)
-    fitted = fit(stage, hp, folder, config=config, progress=progress)
+    fitted = fit(stage, hp, folder, config=config, run=RunOptions(progress=progress))
     autoencoder.save_pretrained(folder / "vae")
     result = {
         "name": candidate.name, "vae": dataclasses.asdict(candidate.vae), "training": candidate.training,

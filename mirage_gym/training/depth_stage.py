@@ -41,7 +41,7 @@ from mirage_gym.config import Config, DepthTraining, load_config
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.training.data import RoomStream
 from mirage_gym.training.loop import (
-    Stage, add_common_arguments, fit, load_tensors, print_final, resolve_device, save_tensors, stage_settings,
+    RunOptions, Stage, add_common_arguments, fit, load_tensors, print_final, save_tensors, stage_settings,
 )
 from mirage_gym.training.vae_stage import evaluate_stage1, load_stage1, with_latent_noise
 
@@ -138,19 +138,15 @@ def train_depth(
     out: Path,
     *,
     generator: Path | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    device: torch.device = torch.device("cpu"),
-    seed: int | None = None,
-    resume: bool = True,
-    progress: bool = True,
+    run: RunOptions = RunOptions(),
 ) -> dict[str, float]:
     """Train ``config.model.depth_head`` into ``out``; returns the last statistics and the held-out evaluation.
 
     With ``generator`` (a stage-2 model folder over the same stage 1), half of every batch is
     that model's own generated latents.
     """
-    hp: DepthTraining = stage_settings(config, "depth", steps, batch_size, seed)
+    hp: DepthTraining = stage_settings(config, "depth", run)
+    device, progress = run.device, run.progress
     if not (stage1 / "vae" / "config.json").is_file():
         raise ValueError(f"{stage1} has no stage-1 export vae/ (run `mirage-gym train vae --out {stage1}` first)")
     encoded = _encoded_frames(config, stage1, out, hp.frames, hp.seed, device, progress)
@@ -176,8 +172,7 @@ def train_depth(
         value = depth_loss(head, with_latent_noise(z, hp.latent_noise, rng), d, t)
         return value, {"loss": value.item()}
 
-    fitted = fit(Stage("depth", {"depth_head": head}, batch, loss), hp, out, config=config, resume=resume,
-                 progress=progress)
+    fitted = fit(Stage("depth", {"depth_head": head}, batch, loss), hp, out, config=config, run=run)
     if (out / "vae").exists():
         shutil.rmtree(out / "vae")
     shutil.copytree(stage1 / "vae", out / "vae")
@@ -199,8 +194,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     stats = train_depth(
         load_config(args.config), Path(args.vae), Path(args.out), generator=Path(args.generator) if args.generator else None,
-        steps=args.steps, batch_size=args.batch_size, device=resolve_device(args.device), seed=args.seed,
-        resume=args.resume,
+        run=RunOptions.from_args(args),
     )
     print_final(stats)
     print(f"weights: {Path(args.out) / 'vae'} and {Path(args.out) / 'depth_head'} (pass --vae {args.out} to `train generator`)")

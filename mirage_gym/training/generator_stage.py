@@ -46,9 +46,7 @@ from mirage_gym.memory import LatentCache
 from mirage_gym.model import DepthHead, VideoVAE
 from mirage_gym.model.transformer import build_transformer, chunk_inputs, empty_prompt_embeds, predict_flow
 from mirage_gym.training.latent_clips import LatentClips, encode_clips, shard_streams
-from mirage_gym.training.loop import (
-    Stage, add_common_arguments, fit, print_final, resolve_device, stage_settings,
-)
+from mirage_gym.training.loop import RunOptions, Stage, add_common_arguments, fit, print_final, stage_settings
 from mirage_gym.training.vae_stage import load_stage1
 
 __all__ = [
@@ -303,12 +301,7 @@ def train_generator(
     out: Path,
     stage1: Path,
     *,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    device: torch.device = torch.device("cpu"),
-    seed: int | None = None,
-    resume: bool = True,
-    progress: bool = True,
+    run: RunOptions = RunOptions(),
     depth_head: Path | None = None,
 ) -> dict[str, float]:
     """Train stage 2 into ``out`` and export the whole generator to ``out/model``; returns the last statistics.
@@ -316,14 +309,15 @@ def train_generator(
     ``depth_head``: the folder of the frozen head the depth loss scores through (default: stage 1's
     ``depth_head/``; only read when ``training.generator.depth_weight > 0``).
     """
-    hp: GeneratorTraining = stage_settings(config, "generator", steps, batch_size, seed)
+    hp: GeneratorTraining = stage_settings(config, "generator", run)
+    device = run.device
     model = config.model
     vae, head = load_stage1(stage1, device)
     with_depth = hp.depth_weight > 0
     for folder, seeds, count, stream_seed in (("clips", config.training.data.train_room_seeds, hp.num_clips, hp.seed),
                                               ("val_clips", VALIDATION_ROOM_SEEDS, hp.val_clips, hp.seed + 1)):
         encode_clips(out / folder, shard_streams(config, vae.spatial_factor, seeds, stream_seed), vae, head,
-                     num_clips=count, clip_frames=hp.clip_frames, chunk=model.chunk_frames, progress=progress,
+                     num_clips=count, clip_frames=hp.clip_frames, chunk=model.chunk_frames, progress=run.progress,
                      require=("gt_token_depth",) if with_depth else ())
     clips, val = LatentClips(out / "clips"), LatentClips(out / "val_clips")
     latent_k = scale_intrinsics(clips.intrinsics, 1.0 / vae.spatial_factor).to(device)
@@ -345,7 +339,7 @@ def train_generator(
         context_frames=model.context_frames, chunk=model.chunk_frames, voxel_size=model.memory.voxel_size,
         shift=shift, val_batch_size=4 * hp.batch_size, gt_depth=with_depth,
     )
-    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress)
+    fitted = fit(stage, hp, out, config=config, run=run)
     # Stage 1 may have gone on refining its decoder and depth head on the frozen encoder while
     # this stage trained (the latents are the same): ship its parts as they are now.
     vae, head = load_stage1(stage1, device)
@@ -370,8 +364,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     stats = train_generator(
-        load_config(args.config), Path(args.out), Path(args.vae), steps=args.steps, batch_size=args.batch_size,
-        device=resolve_device(args.device), seed=args.seed, resume=args.resume,
+        load_config(args.config), Path(args.out), Path(args.vae), run=RunOptions.from_args(args),
         depth_head=Path(args.depth_head) if args.depth_head else None,
     )
     print_final(stats)

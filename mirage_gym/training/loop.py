@@ -55,6 +55,7 @@ __all__ = [
     "Stage",
     "Adversary",
     "Fitted",
+    "RunOptions",
     "TrainState",
     "fit",
     "derived_seed",
@@ -191,18 +192,49 @@ class TrainState:
         self._started = time.perf_counter()
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run of a stage goes, apart from what it trains: the options every stage takes alike.
+
+    Every stage function takes them as one keyword, ``run=RunOptions(...)``; on the command line they are the
+    common arguments of :func:`add_common_arguments` (:meth:`from_args`).
+    """
+
+    steps: int | None = None
+    """Total optimisation steps; None: the stage's config section's (``--steps``)."""
+    batch_size: int | None = None
+    """Batch size; None: the stage's config section's (``--batch-size``)."""
+    device: torch.device = torch.device("cpu")
+    """Where the modules train (``--device``, resolved by :func:`resolve_device`)."""
+    seed: int | None = None
+    """The run's seed; None: the stage's config section's (``--seed``)."""
+    resume: bool = True
+    """Continue from ``OUT/checkpoint.pt`` when it exists (``--resume/--no-resume``)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))  # "cuda" as well as torch.device("cuda")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        """The options of a command line parsed with :func:`add_common_arguments`."""
+        return cls(steps=args.steps, batch_size=args.batch_size, device=resolve_device(args.device), seed=args.seed,
+                   resume=args.resume)
+
+
 def fit(
     stage: Stage,
     settings: StageTraining,
     out: Path,
     *,
     config: Config,
-    resume: bool = True,
-    progress: bool = True,
+    run: RunOptions = RunOptions(),
     state: TrainState | None = None,
     cpu_budget_s: float | None = None,
 ) -> Fitted:
-    """Train ``stage`` for ``settings.steps`` steps in the run folder ``out`` (resuming from its checkpoint).
+    """Train ``stage`` for ``settings.steps`` steps in the run folder ``out`` (resuming from its checkpoint
+    when ``run.resume``; ``run.steps`` etc. are already in ``settings``: see :func:`stage_settings`).
 
     ``state`` lets a stage read and write ``state.extra`` from its hooks (kept in the checkpoint).
     ``cpu_budget_s`` also ends the run (with a checkpoint) once its steps have used that many
@@ -217,11 +249,11 @@ def fit(
     adv_optimizer = adversary.optimizer() if adversary is not None else None
     saved = stage.saved_modules()
     state = state if state is not None else TrainState()
-    if resume and load_checkpoint(out, state, saved, optimizer, scheduler, adv_optimizer):
+    if run.resume and load_checkpoint(out, state, saved, optimizer, scheduler, adv_optimizer):
         print(f"resumed {out} at step {state.step}")
     first_step = state.step
     writer = SummaryWriter(str(out / "tb"))
-    bar = tqdm(total=settings.steps, initial=state.step, desc=f"train {stage.name}", disable=not progress,
+    bar = tqdm(total=settings.steps, initial=state.step, desc=f"train {stage.name}", disable=not run.progress,
                dynamic_ncols=True)
     stats: dict[str, float] = {}
     stage.train()
@@ -283,13 +315,11 @@ def fit(
 # ---------------------------------------------------------------------- settings and the command line
 
 
-def stage_settings(
-    config: Config, stage: str, steps: int | None = None, batch_size: int | None = None, seed: int | None = None
-) -> Any:
-    """Stage ``stage``'s training section with the command-line overrides applied; seeds torch's
-    global generator with the run's seed, so freshly built modules start from the same weights."""
+def stage_settings(config: Config, stage: str, run: RunOptions = RunOptions()) -> Any:
+    """Stage ``stage``'s training section with the overrides of ``run`` (steps, batch size, seed) applied; seeds
+    torch's global generator with the run's seed, so freshly built modules start from the same weights."""
     section = config.stage(stage)
-    overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed)) if v is not None}
+    overrides = {k: getattr(run, k) for k in ("steps", "batch_size", "seed") if getattr(run, k) is not None}
     section = dataclasses.replace(section, **overrides)
     torch.manual_seed(section.seed)
     return section

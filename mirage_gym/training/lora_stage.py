@@ -69,7 +69,7 @@ from mirage_gym.model.pretrained import MIRAGE_CONFIG, LoadedComponents, add_lor
 from mirage_gym.training.depth_stage import depth_loss
 from mirage_gym.training.generator_stage import ChunkBatch, flow_matching_loss, flow_matching_stage, schedule_of
 from mirage_gym.training.latent_clips import LatentClips, shard_streams
-from mirage_gym.training.loop import Stage, add_common_arguments, fit, print_final, resolve_device, stage_settings
+from mirage_gym.training.loop import RunOptions, Stage, add_common_arguments, fit, print_final, stage_settings
 from mirage_gym.training.vae_stage import with_latent_noise
 from mirage_gym.training.video_clips import RawVideoClips, annotate_video_clips, encode_video_clips
 
@@ -172,14 +172,16 @@ def _check_run_folder(out: Path, signature: dict[str, Any]) -> None:
 
 
 def _train_depth_head(
-    config: Config, out: Path, raw: RawVideoClips, val: RawVideoClips, vae: VideoVAE, *,
-    device: torch.device, seed: int | None, resume: bool, progress: bool,
+    config: Config, out: Path, raw: RawVideoClips, val: RawVideoClips, vae: VideoVAE, run: RunOptions,
 ) -> tuple[DepthHead, bool, float]:
     """Train (or finish training) ``model.depth_head`` on the Wan latents, in ``out``.
 
-    Returns it frozen, whether this call changed it, and its token-depth abs-rel on the validation clips.
+    ``run``'s seed, device, resume and progress apply; its steps and batch size are the LoRA's, not the head's
+    (``training.lora_depth`` sets those). Returns the head frozen, whether this call changed it, and its
+    token-depth abs-rel on the validation clips.
     """
-    hp = stage_settings(config, "lora_depth", seed=seed)
+    run = dataclasses.replace(run, steps=None, batch_size=None)
+    hp, device = stage_settings(config, "lora_depth", run), run.device
     head = DepthHead(latent_channels=vae.latent_channels, spatial_factor=vae.spatial_factor,
                      **dataclasses.asdict(config.model.depth_head)).to(device)
 
@@ -200,7 +202,7 @@ def _train_depth_head(
         return {"abs_rel": torch.cat(errors).mean().item()}
 
     stage = Stage("depth head", {"depth_head": head}, batch, loss, validate=validate)
-    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress)
+    fitted = fit(stage, hp, out, config=config, run=run)
     head.eval().requires_grad_(False)
     with torch.no_grad():
         abs_rel_val = validate()["abs_rel"]
@@ -209,15 +211,15 @@ def _train_depth_head(
 
 
 def _prepare_data(
-    config: Config, out: Path, vae: VideoVAE, *, device: torch.device, seed: int, resume: bool, progress: bool,
-    depth_seed: int | None,
+    config: Config, out: Path, vae: VideoVAE, run: RunOptions, *, seed: int,
 ) -> tuple[LatentClips, LatentClips, DepthHead, float]:
-    """Encode the clips, train the depth head on them, annotate them with it (each step resumable).
+    """Encode the clips (streams seeded from ``seed``), train the depth head on them (:func:`_train_depth_head`
+    with ``run``), annotate them with it (each step resumable).
 
     Returns the training and validation clips, the frozen depth head and its validation abs-rel.
     """
     hp = config.training.lora
-    chunk_args = dict(chunk_frames=config.model.chunk_frames, chunks=hp.chunks_per_clip, progress=progress)
+    chunk_args = dict(chunk_frames=config.model.chunk_frames, chunks=hp.chunks_per_clip, progress=run.progress)
     sources = {
         "clips": (shard_streams(config, vae.spatial_factor, config.training.data.train_room_seeds, seed), hp.num_clips),
         "val_clips": (shard_streams(config, vae.spatial_factor, VALIDATION_ROOM_SEEDS, seed + 1), hp.val_clips),
@@ -226,8 +228,7 @@ def _prepare_data(
         encode_video_clips(out / f"raw_{name}", streams, vae, num_clips=count, clips_per_shard=hp.clips_per_shard,
                            **chunk_args)
     head, head_changed, depth_abs_rel = _train_depth_head(
-        config, out / "depth", RawVideoClips(out / "raw_clips"), RawVideoClips(out / "raw_val_clips"), vae,
-        device=device, seed=depth_seed, resume=resume, progress=progress,
+        config, out / "depth", RawVideoClips(out / "raw_clips"), RawVideoClips(out / "raw_val_clips"), vae, run,
     )
     for name, (streams, _) in sources.items():
         if head_changed:  # annotations made with an earlier depth head are stale
@@ -345,33 +346,28 @@ def train_lora(
     out: str | Path,
     *,
     rank: int | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    device: torch.device | str = "cpu",
     precision: str = "auto",
-    seed: int | None = None,
-    resume: bool = True,
-    progress: bool = True,
+    run: RunOptions = RunOptions(),
 ) -> LoraRun:
     """Fine-tune a Wan2.2 folder ``base`` into ``out`` (see the module docs); the LoRA ends in ``out/lora``.
 
     Args:
         config: a LoRA config (:func:`load_lora_config`).
         rank: overrides ``config.model.lora.rank``.
-        steps, batch_size: override ``config.training.lora``'s; seed: the LoRA's and the depth head's.
         precision: ``"auto"`` (bf16 base + fp32 trained weights on CUDA, fp32 on CPU), ``"bf16"`` or ``"fp32"``.
-        resume: continue from ``out``'s checkpoints (depth head and LoRA) when they exist.
+        run: ``steps`` and ``batch_size`` override ``config.training.lora``'s; ``seed`` is the LoRA's and the
+            depth head's; ``resume`` continues from ``out``'s checkpoints (depth head and LoRA) when they exist.
 
     Everything is checked -- the config, the base, ``out``'s earlier run -- before anything is written.
     """
-    base, out, device = Path(base), Path(out), torch.device(device)
+    base, out, device = Path(base), Path(out), run.device
     _check_is_lora(config, f"config {config.name!r}")
     if rank is not None:
         if rank < 1:
             raise ValueError(f"lora.rank must be a positive integer, got {rank!r}")
         lora_config = dataclasses.replace(config.model.lora, rank=rank)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, lora=lora_config))
-    hp: LoraTraining = stage_settings(config, "lora", steps, batch_size, seed)
+    hp: LoraTraining = stage_settings(config, "lora", run)
     parts, mixed = _load_base(base, device, precision)
     t = _check_against_base(config, parts)
     signature = _run_signature(config, base, hp.seed)
@@ -380,9 +376,7 @@ def train_lora(
     (out / RUN_FILE).write_text(json.dumps(signature, indent=2) + "\n")
 
     vae = parts.vae.requires_grad_(False)
-    clips, val, head, depth_abs_rel = _prepare_data(
-        config, out, vae, device=device, seed=hp.seed, resume=resume, progress=progress, depth_seed=seed,
-    )
+    clips, val, head, depth_abs_rel = _prepare_data(config, out, vae, run, seed=hp.seed)
     latent_k = scale_intrinsics(clips.intrinsics, 1.0 / vae.spatial_factor).to(device)
 
     lora = config.model.lora
@@ -405,7 +399,7 @@ def train_lora(
         shift=shift, val_batch_size=2 * hp.batch_size, param_groups=groups,
     )
     stage.base_modules = tuple(experts)
-    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress)  # leaves them in eval mode
+    fitted = fit(stage, hp, out, config=config, run=run)  # leaves them in eval mode
     generator = build_generator(
         config, transformer=parts.transformer, vae=vae, depth_head=head, scheduler=parts.scheduler,
         transformer_2=parts.transformer_2, boundary_ratio=parts.boundary_ratio,
@@ -437,8 +431,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train_lora(
-        load_lora_config(args.config), args.base, args.out, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
-        device=resolve_device(args.device), precision=args.precision, seed=args.seed, resume=args.resume,
+        load_lora_config(args.config), args.base, args.out, rank=args.rank, precision=args.precision,
+        run=RunOptions.from_args(args),
     )
     print_final(result.stats)
     print(f"lora: {result.folder}  (MirageGenerator.from_pretrained({args.base!r}, lora={str(result.folder)!r}))")

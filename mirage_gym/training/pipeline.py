@@ -26,7 +26,7 @@ import torch
 from mirage_gym.config import Config, load_config
 from mirage_gym.training.depth_stage import train_depth
 from mirage_gym.training.generator_stage import train_generator
-from mirage_gym.training.loop import resolve_device
+from mirage_gym.training.loop import RunOptions, resolve_device
 from mirage_gym.training.rollout_stage import train_self_forcing
 from mirage_gym.training.vae_stage import train_vae
 
@@ -34,12 +34,16 @@ __all__ = ["train_all"]
 
 
 def train_all(config: Config, out: Path, *, device: torch.device = torch.device("cpu"), progress: bool = True) -> Path:
-    """Train every stage of ``config`` under ``out``; returns the finished model folder ``out/model``."""
-    train_vae(config, out / "vae", device=device, progress=progress)
-    train_generator(config, out / "generator", out / "vae", device=device, progress=progress)
+    """Train every stage of ``config`` under ``out``; returns the finished model folder ``out/model``.
+
+    Every stage runs with its config section's steps, batch size and seed, and resumes.
+    """
+    run = RunOptions(device=device, progress=progress)
+    train_vae(config, out / "vae", run=run)
+    train_generator(config, out / "generator", out / "vae", run=run)
     stage2 = out / "generator" / "model"
     if config.training.self_forcing is not None:
-        train_self_forcing(config, out / "self_forcing", stage2, device=device, progress=progress)
+        train_self_forcing(config, out / "self_forcing", stage2, run=run)
         stage2 = out / "self_forcing" / "model"
     model = out / "model"
     tmp = out / "model.tmp"
@@ -47,7 +51,7 @@ def train_all(config: Config, out: Path, *, device: torch.device = torch.device(
         shutil.rmtree(tmp)
     shutil.copytree(stage2, tmp)
     if config.training.depth is not None:
-        train_depth(config, out / "vae", out / "depth", generator=stage2, device=device, progress=progress)
+        train_depth(config, out / "vae", out / "depth", generator=stage2, run=run)
         shutil.rmtree(tmp / "depth_head")
         shutil.copytree(out / "depth" / "depth_head", tmp / "depth_head")
     if model.exists():  # replaced only once the new folder is complete

@@ -41,7 +41,7 @@ from mirage_gym.training.generator_stage import (
     VALIDATION_SEED, ChunkBatch, chunk_loss, frozen_head, generator_loss, schedule_of,
 )
 from mirage_gym.training.latent_clips import LatentClips, encode_clips, shard_streams
-from mirage_gym.training.loop import Stage, add_common_arguments, fit, print_final, resolve_device, stage_settings
+from mirage_gym.training.loop import RunOptions, Stage, add_common_arguments, fit, print_final, stage_settings
 
 __all__ = ["train_self_forcing", "rollout_batch"]
 
@@ -93,15 +93,11 @@ def train_self_forcing(
     out: Path,
     model: Path,
     *,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    device: torch.device = torch.device("cpu"),
-    seed: int | None = None,
-    resume: bool = True,
-    progress: bool = True,
+    run: RunOptions = RunOptions(),
 ) -> dict[str, float]:
     """Fine-tune the transformer of the model folder ``model`` on its own rollouts into ``out``; exports ``out/model``."""
-    hp: SelfForcingTraining = stage_settings(config, "self_forcing", steps, batch_size, seed)
+    hp: SelfForcingTraining = stage_settings(config, "self_forcing", run)
+    device = run.device
     if not (Path(model) / "transformer").is_dir():
         raise ValueError(f"{model} is not a trained model folder (no transformer/): pass the `model/` of "
                          "`mirage-gym train generator`")
@@ -114,7 +110,7 @@ def train_self_forcing(
     for folder, seeds, count, stream_seed in (("clips", config.training.data.train_room_seeds, hp.num_clips, hp.seed + 2),
                                               ("val_clips", VALIDATION_ROOM_SEEDS, hp.val_clips, hp.seed + 1)):
         encode_clips(out / folder, shard_streams(config, vae.spatial_factor, seeds, stream_seed), vae, head,
-                     num_clips=count, clip_frames=hp.clip_frames, chunk=chunk, progress=progress, start_images=True,
+                     num_clips=count, clip_frames=hp.clip_frames, chunk=chunk, progress=run.progress, start_images=True,
                      require=("gt_token_depth", "start_rgb"))
     clips, val = LatentClips(out / "clips"), LatentClips(out / "val_clips")
     latent_k = scale_intrinsics(clips.intrinsics, 1.0 / vae.spatial_factor).to(device)
@@ -142,7 +138,7 @@ def train_self_forcing(
         return loss(chunks_batch, rng)[1]
 
     stage = Stage("self_forcing", {"transformer": transformer}, batch, loss, validate=validate)
-    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress)
+    fitted = fit(stage, hp, out, config=config, run=run)
     base.save_pretrained(out / "model")  # the input folder's settings, the fine-tuned transformer
     return {**fitted.stats, "wall_time_s": fitted.wall_time_s}
 
@@ -156,10 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    stats = train_self_forcing(
-        load_config(args.config), Path(args.out), Path(args.model), steps=args.steps, batch_size=args.batch_size,
-        device=resolve_device(args.device), seed=args.seed, resume=args.resume,
-    )
+    stats = train_self_forcing(load_config(args.config), Path(args.out), Path(args.model), run=RunOptions.from_args(args))
     print_final(stats)
     print(f"model: {Path(args.out) / 'model'}")
     return 0

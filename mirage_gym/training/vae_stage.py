@@ -41,7 +41,7 @@ from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.vae import VideoVAE, build_autoencoder
 from mirage_gym.training.data import Frames, RoomStream, StepRooms
 from mirage_gym.training.loop import (
-    Adversary, Stage, TrainState, add_common_arguments, fit, print_final, resolve_device, stage_settings, step_rng,
+    Adversary, RunOptions, Stage, TrainState, add_common_arguments, fit, print_final, stage_settings, step_rng,
 )
 
 __all__ = ["train_vae", "load_stage1", "evaluate_stage1", "held_out_frames", "held_out_reconstruction", "chroma_ratio", "colour_l1",
@@ -225,12 +225,7 @@ def train_vae(
     config: Config,
     out: Path,
     *,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    device: torch.device = torch.device("cpu"),
-    seed: int | None = None,
-    resume: bool = True,
-    progress: bool = True,
+    run: RunOptions = RunOptions(),
     eval_frames: int = 64,
 ) -> dict[str, float]:
     """Train stage 1 into ``out``; returns the last logged statistics and the held-out evaluation
@@ -242,7 +237,8 @@ def train_vae(
     longer change -- and the decoder and depth head go on training on the fixed latents,
     the depth head on whole frames (monocular depth needs the whole view, not a crop).
     """
-    hp: VaeTraining = stage_settings(config, "vae", steps, batch_size, seed)
+    hp: VaeTraining = stage_settings(config, "vae", run)
+    device = run.device
     model = config.model
     autoencoder = build_autoencoder(**dataclasses.asdict(model.vae)).to(device)
     factor = VideoVAE(autoencoder).spatial_factor
@@ -295,7 +291,7 @@ def train_vae(
 
     stage = Stage("vae", {"autoencoder": autoencoder, "depth_head": head}, batch, loss,
                   before_step=freeze_encoder, images=images, adversary=adversary)
-    fitted = fit(stage, hp, out, config=config, resume=resume, progress=progress, state=state)
+    fitted = fit(stage, hp, out, config=config, run=run, state=state)
     calibration = state.extra.get("calibration") or _measure_latents(autoencoder, rooms, fitted.step, hp.seed)
     _export(autoencoder, head, calibration, out)
     held_out = evaluate_stage1(config, out, frames=eval_frames)
@@ -377,10 +373,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    stats = train_vae(
-        load_config(args.config), Path(args.out), steps=args.steps, batch_size=args.batch_size,
-        device=resolve_device(args.device), seed=args.seed, resume=args.resume, eval_frames=args.frames,
-    )
+    stats = train_vae(load_config(args.config), Path(args.out), run=RunOptions.from_args(args), eval_frames=args.frames)
     print_final(stats)
     print(f"weights: {Path(args.out) / 'vae'} and {Path(args.out) / 'depth_head'}")
     return 0

@@ -114,8 +114,6 @@ def _memory_walk(
 
 
 def run_cross_chunk(args: argparse.Namespace) -> list[dict]:
-    from mirage_gym.world import Renderer, make_scene, trajectories
-
     fps_values = [float(v) for v in args.fps.split(",")]
     noise_values = [float(v) for v in args.depth_noise.split(",")]
     scale_values = [float(v) for v in args.scale_noise.split(",")]
@@ -136,12 +134,7 @@ def run_cross_chunk(args: argparse.Namespace) -> list[dict]:
           f"{'dyn share':>9} {'at end':>6} {'dropped':>7} {'precision':>9} {'static dropped':>14}")
     results = []
     for fps in fps_values:
-        renders = []
-        for seed in range(args.scenes):
-            scene = make_scene(seed, moving_objects=args.moving)
-            poses = trajectories.random_walk(scene, np.random.default_rng(seed), args.frames)
-            out = Renderer(scene).render(poses, k, args.size, args.size, time=torch.arange(args.frames) / fps)
-            renders.append((poses, out))
+        renders = _render_walks(args, k, fps)
         for noise in noise_values:
             for scale in scale_values:
                 totals = {name: {} for name in checks}
@@ -172,9 +165,20 @@ def run_cross_chunk(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def run(args: argparse.Namespace) -> int:
+def _render_walks(args: argparse.Namespace, k: torch.Tensor, fps: float) -> list:
+    """``(poses, render)`` of a random walk through each of ``args.scenes`` houses at ``fps`` frames a second."""
     from mirage_gym.world import Renderer, make_scene, trajectories
 
+    renders = []
+    for seed in range(args.scenes):
+        scene = make_scene(seed, moving_objects=args.moving)
+        poses = trajectories.random_walk(scene, np.random.default_rng(seed), args.frames)
+        renders.append((poses, Renderer(scene).render(poses, k, args.size, args.size,
+                                                      time=torch.arange(args.frames) / fps)))
+    return renders
+
+
+def run(args: argparse.Namespace) -> int:
     if args.frames % args.chunk:
         raise ValueError(f"--frames ({args.frames}) must be a multiple of --chunk ({args.chunk})")
     fps_values = [float(v) for v in args.fps.split(",")]
@@ -190,12 +194,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'fps':>5} {'noise':>6} {'precision':>9} {'recall':>7} {'F1':>6} {'recall(>=50%)':>13} "
           f"{'static dropped':>14} {'dyn tokens':>10} {'ms/chunk':>9}")
     for fps in fps_values:
-        renders = []
-        for seed in range(args.scenes):
-            scene = make_scene(seed, moving_objects=args.moving)
-            poses = trajectories.random_walk(scene, np.random.default_rng(seed), args.frames)
-            out = Renderer(scene).render(poses, k, args.size, args.size, time=torch.arange(args.frames) / fps)
-            renders.append((poses, out))
+        renders = _render_walks(args, k, fps)
         for noise in noise_values:
             gen = torch.Generator().manual_seed(0)
             preds, gts, majors, scored, elapsed = [], [], [], [], 0.0

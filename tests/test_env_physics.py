@@ -130,10 +130,12 @@ def test_ground_truth_physics_with_a_picture_is_a_value_error_saying_why(tiny_fo
     env = gym.make("MirageRoom-v0", **tiny_env_kwargs(tiny_folder, physics="ground_truth")).unwrapped
     env.reset(seed=0)
     before = env.simulator.subenv(0).pose.clone()
+    rng_state = env.np_random.bit_generator.state
     image = np.zeros((RESOLUTION, RESOLUTION, 3), np.uint8)
     with pytest.raises(ValueError, match="no procedural house stands behind a picture"):
         env.reset(seed=1, options={"start_image": image})
-    assert env.simulator.subenv(0).pose.equal(before)  # nothing changed
+    assert env.simulator.subenv(0).pose.equal(before)  # nothing changed, the seed included
+    assert env.np_random.bit_generator.state == rng_state
     env.step(FORWARD)
 
 

@@ -176,11 +176,6 @@ class _SubEnv:
     time: float = 0.0  # seconds since the start (moving objects)
     frames: int = 0  # frames generated this episode
 
-    @property
-    def coverage(self) -> float:
-        """Fraction of the navigable floor seen this episode (``inf`` under generated physics: no total)."""
-        return self.task_state.coverage.fraction
-
 
 class MirageSimulator:
     """``N`` sub-environments sharing one generator, running ``task``. See the environment classes."""
@@ -241,6 +236,7 @@ class MirageSimulator:
         unknown = set(options) - self.option_keys
         if unknown:
             raise ValueError(f"unknown reset option(s) {sorted(unknown)}; known options: {sorted(self.option_keys)}")
+        self.episode_physics("start_image" in options)  # a picture with ground-truth physics is refused here
         for k in range(1 if batch is None else batch):
             self._option_values(options, k, batch)
         return options

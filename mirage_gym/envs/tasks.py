@@ -115,7 +115,7 @@ UNKNOWN_COVERAGE = math.inf
 
 
 def reward_key(term: str) -> str:
-    """The info key of a reward term (``"coverage"`` -> ``"reward_explored"``, as Gymnasium's MuJoCo envs)."""
+    """The info key of a reward term (``"explored"`` -> ``"reward_explored"``, as Gymnasium's MuJoCo envs)."""
     return f"reward_{term}"
 
 

@@ -83,12 +83,10 @@ def _cache_of(generator: Any) -> Any:
 
 def collision_agreement(generator: Any, config: CollisionConfig, *, name: str = "", progress: bool = False) -> dict:
     """Run the episodes with ``generator`` (from :func:`mirage_gym.envs.load_generator`); the counts and scores."""
-    from mirage_gym.envs.oracle import OracleGenerator
     from mirage_gym.envs.worlds import get_world
 
     config.validate()
-    oracle = isinstance(generator, OracleGenerator)
-    max_depth = generator.max_depth if oracle else float(generator.depth_head.config.max_depth)
+    max_depth = generator.max_depth
     k = geometry.intrinsics_from_fov(config.fov_deg, config.resolution, config.resolution)
     counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "fp_unseen": 0, "tp_unseen": 0}
     stop_errors: list[float] = []
@@ -102,8 +100,8 @@ def collision_agreement(generator: Any, config: CollisionConfig, *, name: str = 
         noise = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
         pose = scene.sample_pose(rng, config.radius)
         image = world.renderer.render(pose[None], k, config.resolution, config.resolution).rgb
-        extra = {"renderers": [world.renderer]} if oracle else {}
-        out = generator.start(image, pose[None], k, **extra)
+        # Only a generator that renders ground truth reads the house's renderer.
+        out = generator.start(image, pose[None], k, renderers=[world.renderer])
         physics = GeneratedPhysics(config.radius, max_depth=max_depth, **config.physics)
         physics.reset(pose)
         physics.observe(out.depth[0].float().cpu(), pose[None], k, _cache_of(generator), 0)

@@ -55,10 +55,7 @@ import numpy as np
 from mirage_gym.eval.agreement import agreement, bootstrap_mean_ci
 from mirage_gym.eval.policies import SCRIPTED, DEFAULT_WRAPPER_KWARGS, Policy, PPOPolicy
 
-try:  # the seed split lives with the configs (moving out of training/ one day)
-    from mirage_gym.config import EVAL_ROOM_SEED_OFFSET  # type: ignore[attr-defined]
-except ImportError:
-    from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
+from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
 
 __all__ = [
     "ENV_IDS",

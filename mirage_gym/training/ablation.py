@@ -42,6 +42,7 @@ import json
 import math
 import re
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ from mirage_gym.metrics import reconstruction_figures
 from mirage_gym.model.vae import VideoVAE, build_autoencoder
 from mirage_gym.training.data import RoomStream
 from mirage_gym.training.loop import (
-    RunOptions, Stage, fit, load_tensors, make_optimizer, save_tensors, step_rng,
+    RunOptions, Stage, fit, load_tensors, save_tensors,
 )
 from mirage_gym.training.vae_stage import (
     chroma_ratio, discriminator_adversary, held_out_frames, reconstruction_loss, with_latent_noise,
@@ -227,41 +228,25 @@ def build_stage(candidate: Candidate, hp: VaeTraining, train: Tensor, step_of: l
     return stage, autoencoder
 
 
-def _step_cost(candidate: Candidate, hp: VaeTraining, train: Tensor, steps: int, gan: bool) -> float:
-    """CPU seconds per training step of the candidate (the median of ``steps`` steps after two warm-up steps)."""
-    hp = dataclasses.replace(hp, gan_start=0.0 if gan else float(10**9), steps=10**9)
+def _step_cost(candidate: Candidate, hp: VaeTraining, train: Tensor, steps: int, gan: bool, config: Config) -> float:
+    """CPU seconds per training step of the candidate: ``steps`` steps of the one training loop (:func:`fit`)
+    in a throwaway folder, their CPU time over their number (first-step allocation included: a small overestimate)."""
+    hp = dataclasses.replace(hp, gan_start=0.0 if gan else float(10**9), steps=steps, log_every=steps,
+                             checkpoint_every=steps)
     torch.manual_seed(hp.seed)
-    step_of = [0]
-    stage, _ = build_stage(candidate, hp, train, step_of)
-    params = [p for m in stage.modules.values() for p in m.parameters()]
-    optimizer, scheduler = make_optimizer(params, hp.lr, hp.warmup, hp.steps)
-    adv_optimizer = stage.adversary.optimizer() if stage.adversary is not None else None
-    costs = []
-    for step in range(2 + steps):
-        begin = time.process_time()
-        rng = step_rng(hp.seed + 1, step)
-        batch = stage.batch(step, rng)
-        value, _ = stage.loss(batch, rng)
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
-        scheduler.step()
-        if gan and stage.adversary is not None:
-            d_loss, _ = stage.adversary.loss(batch, rng)
-            adv_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            adv_optimizer.step()
-        if step >= 2:
-            costs.append(time.process_time() - begin)
-    return statistics.median(costs)
+    stage, _ = build_stage(candidate, hp, train, [0])
+    with tempfile.TemporaryDirectory() as tmp:
+        fitted = fit(stage, hp, Path(tmp), config=config, run=RunOptions(resume=False, progress=False))
+    return fitted.cpu_time_s / steps
 
 
-def plan_steps(candidate: Candidate, hp: VaeTraining, train: Tensor, budget_s: float, calibration_steps: int) -> dict:
+def plan_steps(candidate: Candidate, hp: VaeTraining, train: Tensor, budget_s: float, calibration_steps: int,
+               config: Config) -> dict:
     """How many steps fill ``budget_s`` CPU seconds for this candidate (see the module's docstring)."""
-    plain = _step_cost(candidate, hp, train, calibration_steps, gan=False)
+    plain = _step_cost(candidate, hp, train, calibration_steps, gan=False, config=config)
     plan = {"budget_s": budget_s, "s_per_step": plain}
     if hp.gan_weight:
-        with_gan = _step_cost(candidate, hp, train, calibration_steps, gan=True)
+        with_gan = _step_cost(candidate, hp, train, calibration_steps, gan=True, config=config)
         plan["s_per_step_gan"] = with_gan
         # steps S with start s: s * plain + (S - s) * with_gan = budget, s = gan_start * S (fraction) or a step
         if hp.gan_start < 1:
@@ -302,7 +287,8 @@ def train_candidate(
     if plan_path.exists():  # a resumed candidate keeps its step count
         plan = json.loads(plan_path.read_text())
     else:
-        plan = plan_steps(candidate, hp, frames["train"], budget_s, calibration_steps)
+        plan = plan_steps(candidate, hp, frames["train"], budget_s, calibration_steps,
+                          _candidate_config(base, candidate, hp))
         plan_path.write_text(json.dumps(plan, indent=2))
     hp = _settings(base, candidate, plan["steps"])
     config = _candidate_config(base, candidate, hp)

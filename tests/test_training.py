@@ -101,6 +101,16 @@ def test_vae_stage_resumes_from_checkpoint(tmp_path, config):
     assert second["scheduler"]["last_epoch"] == 4
 
 
+def test_resume_with_other_settings_is_refused(tmp_path, config):
+    train_vae(config, tmp_path, run=RunOptions(steps=2, progress=False))
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    with pytest.raises(ValueError, match=r"other settings \(seed: 0 in the checkpoint, 7 now"):
+        train_vae(config, tmp_path, run=RunOptions(steps=4, seed=7, progress=False))
+    with pytest.raises(ValueError, match=r"lr: .* in the checkpoint"):
+        train_vae(with_training(config, "vae", lr=0.5), tmp_path, run=RunOptions(steps=4, progress=False))
+    assert (tmp_path / CHECKPOINT).read_bytes() == before  # nothing written
+
+
 def test_frozen_encoder_keeps_latents_and_calibration(tmp_path, config):
     config = with_training(config, "vae", steps=5, freeze_encoder_at=2)
     train_vae(config, tmp_path, run=RunOptions(steps=3, progress=False))

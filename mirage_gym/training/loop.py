@@ -249,7 +249,7 @@ def fit(
     adv_optimizer = adversary.optimizer() if adversary is not None else None
     saved = stage.saved_modules()
     state = state if state is not None else TrainState()
-    if run.resume and load_checkpoint(out, state, saved, optimizer, scheduler, adv_optimizer):
+    if run.resume and load_checkpoint(out, state, saved, optimizer, scheduler, adv_optimizer, settings=settings):
         print(f"resumed {out} at step {state.step}")
     first_step = state.step
     writer = SummaryWriter(str(out / "tb"))
@@ -302,7 +302,7 @@ def fit(
             for key, images in stage.images().items():
                 writer.add_images(f"images/{key}", images, state.step)
         if state.step % settings.checkpoint_every == 0 or last:
-            save_checkpoint(out, state, saved, optimizer, scheduler, config, adv_optimizer)
+            save_checkpoint(out, state, saved, optimizer, scheduler, config, adv_optimizer, settings=settings)
     bar.close()
     writer.close()
     stage.train(False)
@@ -383,9 +383,13 @@ def load_tensors(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} could not be read ({err}); move it away to start afresh") from err
 
 
+_MAY_CHANGE_ON_RESUME = frozenset({"steps", "log_every", "checkpoint_every"})
+
+
 def save_checkpoint(
     out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any,
-    config: Config, adversary_optimizer: torch.optim.Optimizer | None = None,
+    config: Config, adversary_optimizer: torch.optim.Optimizer | None = None, *,
+    settings: StageTraining | None = None,
 ) -> None:
     payload = {
         "train_state": state.state_dict(),
@@ -396,19 +400,34 @@ def save_checkpoint(
     }
     if adversary_optimizer is not None:
         payload["adversary_optimizer"] = adversary_optimizer.state_dict()
+    if settings is not None:  # what the run trains with, command-line overrides included: a resume must match
+        payload["settings"] = dataclasses.asdict(settings)
     save_tensors(out / CHECKPOINT, payload)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
 
 def load_checkpoint(
     out: Path, state: TrainState, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any,
-    adversary_optimizer: torch.optim.Optimizer | None = None,
+    adversary_optimizer: torch.optim.Optimizer | None = None, *, settings: StageTraining | None = None,
 ) -> bool:
-    """Restore from ``out/checkpoint.pt``; returns False when there is none."""
+    """Restore from ``out/checkpoint.pt``; returns False when there is none.
+
+    With ``settings``, a checkpoint that recorded other stage settings (batch size, seed, lr, a loss weight:
+    from the config or the command line) is refused: resumed with them it would be another run. ``steps``
+    may grow (the schedule follows the new length) and the logging periods may change.
+    """
     path = out / CHECKPOINT
     if not path.exists():
         return False
     payload = load_tensors(path)
+    if settings is not None and "settings" in payload:
+        now = dataclasses.asdict(settings)
+        changed = {k: (payload["settings"].get(k), v) for k, v in now.items()
+                   if payload["settings"].get(k) != v and k not in _MAY_CHANGE_ON_RESUME}
+        if changed:
+            said = ", ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in changed.items())
+            raise ValueError(f"checkpoint {path} was trained with other settings ({said}); resume with the same "
+                             "settings, or start afresh in another folder (--out) or with --no-resume")
     missing = [name for name in modules if name not in payload.get("modules", {})]
     if missing:
         raise ValueError(f"checkpoint {path} lacks modules {missing}: it belongs to another stage or config")

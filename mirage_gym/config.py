@@ -383,7 +383,7 @@ _OLD_KEYS = {
     "depth_head": "model.depth_head", "transformer": "model.transformer", "lora": "model.lora",
     "sampling": "model.sampling", "memory": "model.memory", "data": "training.data", "train_vae": "training.vae",
     "train_depth": "training.depth", "train_generator": "training.generator", "train_lora": "training.lora",
-    "clips": "training.lora", "train_depth.head": "model.depth_head",
+    "clips": "training.lora",
 }
 
 
@@ -468,7 +468,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str, source: str) -> T:
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """A :class:`Config` from JSON data (new schema, or the old flat one with a warning), checked."""
-    if "model" not in data:
+    if "model" not in data and set(data) & set(_OLD_KEYS):  # the old flat schema; else "missing key model" below
         data = _migrate(data, Path(source))
     config = _build(Config, data, "", source)
     _check(config, source)
@@ -509,6 +509,14 @@ def _check(config: Config, source: str) -> None:
         if model.lora.patch_embedding not in ("extra", "all"):
             raise ValueError(f"{source}: model.lora.patch_embedding must be 'extra' or 'all', "
                              f"got {model.lora.patch_embedding!r}")
+    for f in dataclasses.fields(training):  # what every stage's loop needs, checked before any data is made
+        section = getattr(training, f.name)
+        if isinstance(section, StageTraining):
+            for key in ("steps", "batch_size", "log_every", "checkpoint_every"):
+                positive(getattr(section, key), f"training.{f.name}.{key}")
+            if section.warmup < 0 or not section.lr > 0:
+                raise ValueError(f"{source}: training.{f.name} needs warmup >= 0 and lr > 0, got "
+                                 f"{section.warmup}, {section.lr}")
     for name in ("generator", "self_forcing"):
         section = getattr(training, name)
         if section is not None and section.depth_weight < 0:

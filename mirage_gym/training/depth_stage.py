@@ -154,6 +154,7 @@ def train_depth(
     if generator is not None:
         generated = _generated_frames(config, generator, out, hp.generated_frames, hp.seed, device, progress)
     latents, depth = encoded["latents"], encoded["depth"]
+    torch.manual_seed(hp.seed)  # the head's initial weights, whether the frames were made now or read back
     head = DepthHead(latent_channels=latents.shape[1], spatial_factor=depth.shape[-1] // latents.shape[-1],
                      **dataclasses.asdict(config.model.depth_head)).to(device)
 

@@ -94,7 +94,8 @@ class Adversary:
         module: the adversary; the stage's loss may call it (its parameters are frozen meanwhile).
         loss: ``loss(batch, rng) -> (loss, stats)``, called after the stage's optimiser step with the
             same batch and generator (what the stage's loss produced, e.g. reconstructions, the stage
-            keeps for it); ``stats`` are logged as ``train/<name>``.
+            keeps for it); ``stats`` are logged as ``train/<stat>`` beside the stage's, under names of
+            their own (a name the stage's loss reports too is a ``ValueError``).
         lr: its AdamW learning rate (constant: no warm-up, no decay).
         betas: its AdamW betas.
         start: the first step at which it trains (the stage decides when its loss uses it).
@@ -252,7 +253,8 @@ def fit(
     if run.resume and load_checkpoint(out, state, saved, optimizer, scheduler, adv_optimizer, settings=settings):
         print(f"resumed {out} at step {state.step}")
     first_step = state.step
-    writer = SummaryWriter(str(out / "tb"))
+    # A resumed run drops the events logged after its checkpoint, so no step is drawn twice.
+    writer = SummaryWriter(str(out / "tb"), purge_step=state.step or None)
     bar = tqdm(total=settings.steps, initial=state.step, desc=f"train {stage.name}", disable=not run.progress,
                dynamic_ncols=True)
     stats: dict[str, float] = {}
@@ -282,6 +284,9 @@ def fit(
             adv_optimizer.zero_grad(set_to_none=True)
             adv_loss.backward()
             adv_optimizer.step()
+            if step_stats.keys() & adv_stats.keys():
+                raise ValueError(f"adversary {adversary.name!r} reports statistics the stage reports too: "
+                                 f"{sorted(step_stats.keys() & adv_stats.keys())}")
             step_stats = {**step_stats, **adv_stats}
         state.step += 1
         state.cpu_time += time.process_time() - cpu_start

@@ -380,6 +380,7 @@ def train_lora(
     latent_k = scale_intrinsics(clips.intrinsics, 1.0 / vae.spatial_factor).to(device)
 
     lora = config.model.lora
+    torch.manual_seed(hp.seed)  # the LoRA's initial weights, whether the data and depth phase ran now or before
     experts, trainable, patch, hooks = _prepare_experts(
         parts, lora, gradient_checkpointing=hp.gradient_checkpointing, mixed=mixed
     )

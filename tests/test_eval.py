@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -259,3 +260,7 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     assert "revisit PSNR vs GT dB" in table and "detail new areas" in table and "worst-decile PSNR dB" in table
     assert (out / "eval_metrics.png").stat().st_size > 0 and (out / "eval_fidelity.png").stat().st_size > 0
     assert (out / "provenance.json").is_file() and (out / "eval_table.md").is_file()
+    # walk_and_return comes back to its start pose: one strip, ground truth | autoencoder | the four modes.
+    strip = cv2.imread(str(out / "strips" / "revisit_strips.png"))
+    assert strip is not None and strip.shape[1] == 6 * 2 * RESOLUTION + 5 * 4
+    assert len(list((out / "strips").glob("walk_and_return_*.png"))) == 1

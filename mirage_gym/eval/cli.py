@@ -1,7 +1,8 @@
 """`mirage-gym eval`: score a generator on the held-out evaluation trajectories, in every memory mode.
 
-Writes ``eval.json`` (every row, the summary, the provenance), ``eval_metrics.png`` and
-``eval_fidelity.png`` to ``--out`` and prints the summary as a markdown table.
+Writes ``eval.json`` (every row, the summary, the provenance), ``eval_metrics.png``,
+``eval_fidelity.png`` and ``strips/`` (per held-out house that the camera comes back to: ground
+truth | autoencoder | each mode on the return) to ``--out`` and prints the summary as a markdown table.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 
 import torch
 
-from mirage_gym.eval.report import markdown_table, plot_fidelity, plot_summary
+from mirage_gym.eval.report import markdown_table, plot_fidelity, plot_summary, save_strips
 from mirage_gym.eval.runner import MODES, EvalConfig, evaluate
 from mirage_gym.eval.trajectories import KINDS
 from mirage_gym.provenance import results_folder, write_results
@@ -84,5 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                                                          if not k.startswith("_")}})
     (out / "eval_table.md").write_text(table + "\n")
     plots = [plot_summary(result, out / "eval_metrics.png"), plot_fidelity(result, out / "eval_fidelity.png")]
-    print(f"wrote {path}, {out / 'eval_table.md'}, " + ", ".join(str(p) for p in plots))
+    strips = save_strips(result, out / "strips")
+    print(f"wrote {path}, {out / 'eval_table.md'}, " + ", ".join(str(p) for p in plots)
+          + (f", {len(result.strips)} revisit strips in {out / 'strips'}" if strips else ""))
     return 0

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mirage_gym.eval.runner import METRICS, EvalResult
+from mirage_gym.eval.runner import METRICS, EvalResult, RevisitStrip
 
-__all__ = ["markdown_table", "plot_summary", "plot_fidelity"]
+__all__ = ["markdown_table", "plot_summary", "plot_fidelity", "strip_image", "save_strips"]
 
 _MIB = 1024.0**2
 
@@ -98,3 +98,56 @@ def plot_fidelity(result: EvalResult, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _labelled(image: np.ndarray, label: str, scale: int) -> np.ndarray:
+    """``image`` enlarged ``scale`` times (nearest: pixels stay pixels) under a white band with ``label``."""
+    import cv2
+
+    big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    band = np.full((18, big.shape[1], 3), 255, np.uint8)
+    cv2.putText(band, label, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([band, big])
+
+
+def strip_image(strip: RevisitStrip, *, scale: int = 2) -> np.ndarray:
+    """One row: ground truth | autoencoder reconstruction | each mode's frame back at the start pose, each
+    labelled with its PSNR against the ground truth (whole frame)."""
+    from mirage_gym.metrics import psnr, to_unit_chw
+    import torch
+
+    truth = to_unit_chw(torch.from_numpy(strip.truth)[None])
+
+    def db(image: np.ndarray) -> str:
+        return f"{float(psnr(to_unit_chw(torch.from_numpy(image)[None]), truth)[0]):.1f} dB"
+
+    panels = [_labelled(strip.truth, f"truth: {strip.kind}, house {strip.room_seed}", scale)]
+    if strip.reconstruction is not None:
+        panels.append(_labelled(strip.reconstruction, f"autoencoder {db(strip.reconstruction)}", scale))
+    for mode, image in strip.returns.items():
+        panels.append(_labelled(image, f"{mode}, back at frame {strip.frame}: {db(image)}", scale))
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+
+
+def save_strips(result: EvalResult, folder: str | Path, *, scale: int = 2) -> list[Path]:
+    """``folder/<kind>_<house>.png`` per strip of ``result`` and ``folder/revisit_strips.png`` with all of them
+    stacked (one row per trajectory that returns to its start). Returns the files written."""
+    import cv2
+
+    if not result.strips:
+        return []
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written, rows = [], []
+    for strip in result.strips:
+        row = strip_image(strip, scale=scale)
+        path = folder / f"{strip.kind}_{strip.room_seed}.png"
+        cv2.imwrite(str(path), row[..., ::-1])
+        written.append(path)
+        rows.append(row)
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    path = folder / "revisit_strips.png"
+    cv2.imwrite(str(path), np.concatenate(rows)[..., ::-1])
+    return [*written, path]

@@ -27,6 +27,10 @@ With a generator that has an autoencoder, ``EvalResult.autoencoder`` also holds 
 ``autoencoder_frames`` held-out frames (:func:`~mirage_gym.training.vae_stage.held_out_reconstruction`:
 mean and worst-decile PSNR, SSIM, detail ratio, colour kept): the ceiling of every generated frame.
 
+For every trajectory that comes back to its start pose, ``EvalResult.strips`` keeps a
+:class:`RevisitStrip`: the ground-truth start view, the autoencoder's reconstruction of it and each
+mode's frame on the return (what :func:`~mirage_gym.eval.report.save_strips` draws).
+
 Moving-object pixels (ground truth) are left out of every image comparison: they are meant
 to differ between visits.
 """
@@ -60,7 +64,7 @@ from mirage_gym.model.protocols import Generator
 from mirage_gym.world import Renderer
 
 __all__ = ["MODES", "METRICS", "EvalConfig", "GroundTruth", "Rollout", "render_truth", "rollout", "score", "evaluate",
-           "EvalResult"]
+           "EvalResult", "RevisitStrip"]
 
 MODES = (*MEMORY_MODES, "oracle")
 # Summary metrics: (key, column title, better is higher).
@@ -278,17 +282,54 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
 
 
 @dataclass
+class RevisitStrip:
+    """A trajectory's ground-truth start view and what each mode shows on returning to that pose.
+
+    ``frame`` is the last frame at the start pose after a turn of at least 90 degrees. Images are
+    ``[H, W, 3]`` uint8; ``reconstruction`` is decode(encode(truth)), the ceiling of every generated
+    frame (None for a generator without an autoencoder).
+    """
+
+    kind: str
+    room_seed: int
+    frame: int
+    truth: np.ndarray
+    reconstruction: np.ndarray | None
+    returns: dict[str, np.ndarray]
+
+
+def revisit_strip(
+    generator: Generator, path: EvalTrajectory, truth: GroundTruth, runs: Sequence[Rollout]
+) -> RevisitStrip | None:
+    """The :class:`RevisitStrip` of one trajectory, or None when it never comes back to its start pose."""
+    back = [j for i, j in revisit_pairs(path.cam_to_world) if i == 0]
+    if not back:
+        return None
+    frame = back[-1]
+    reconstruction = None
+    vae = getattr(generator, "vae", None)
+    if vae is not None and not generator.renders_ground_truth:
+        with torch.no_grad():
+            x = truth.rgb[:1].permute(0, 3, 1, 2).float().div(127.5).sub(1)[None].to(generator.device)
+            y = vae.decode(vae.encode(x))[0, 0].clamp(-1, 1).add(1).mul(127.5).round()
+        reconstruction = y.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return RevisitStrip(path.kind, path.room_seed, frame, truth.rgb[0].numpy(), reconstruction,
+                        {run.mode: run.rgb[frame].numpy() for run in runs})
+
+
+@dataclass
 class EvalResult:
-    """Per-run rows (one per trajectory and mode) and the per-mode summary."""
+    """Per-run rows (one per trajectory and mode), the per-mode summary and the revisit strips."""
 
     config: dict[str, Any]
     generator: str
     rows: list[dict[str, Any]]
     summary: dict[str, dict[str, float]]
     autoencoder: dict[str, float] | None = None  # the generator's autoencoder on held-out frames (None: none)
+    strips: list[RevisitStrip] = field(default_factory=list)  # images: not part of the JSON
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "strips"}
 
 
 def summarize(rows: list[dict[str, Any]], modes: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -348,24 +389,29 @@ def evaluate(
                               moving_objects=config.moving_objects, seed=config.seed)
     oracle = generator if generator.renders_ground_truth else OracleGenerator(frame_time=config.frame_time)
     original = None if generator.renders_ground_truth else generator.memory
-    rows = []
+    rows, strips = [], []
     bar = tqdm(total=len(paths) * len(modes), desc="eval", disable=not progress, dynamic_ncols=True)
     try:
         for path in paths:
             truth = render_truth(path, k, config.resolution, config.frame_time)
+            runs = []
             for mode in modes:
                 bar.set_postfix_str(f"{path.name} {mode}")
                 runner = oracle if mode == "oracle" else _with_memory(generator, mode)
                 run = rollout(runner, path, truth, k, config.chunk, mode=mode, seed=config.seed)
                 rows.append({"kind": path.kind, "room_seed": path.room_seed, "frames": path.num_frames, "mode": mode,
                              **score(run, truth, path.cam_to_world, k)})
+                runs.append(run)
                 bar.update(1)
+            strip = revisit_strip(generator, path, truth, runs)
+            if strip is not None:
+                strips.append(strip)
     finally:
         bar.close()
         if original is not None:
             generator.set_memory(original)
     return EvalResult(config=asdict(config), generator=name, rows=rows, summary=summarize(rows, modes),
-                      autoencoder=autoencoder_figures(generator, config))
+                      autoencoder=autoencoder_figures(generator, config), strips=strips)
 
 
 def autoencoder_figures(generator: Generator, config: EvalConfig) -> dict[str, float] | None:

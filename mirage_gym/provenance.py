@@ -10,6 +10,7 @@ number in a README can always be traced back to the code and hardware that produ
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -23,9 +24,31 @@ from typing import Any
 
 import torch
 
-__all__ = ["collect", "results_folder", "write_results"]
+__all__ = ["collect", "results_folder", "write_results", "file_sha256", "folder_hashes"]
+
+MODEL_FILES = (".safetensors", ".json")  # what the loaders read from a model folder
+SKIPPED_FOLDERS = ("text_encoder", "tokenizer")  # read only to encode a prompt, which no step of a rollout does
 
 _LIBRARIES = ("torch", "diffusers", "numpy", "gymnasium", "opencv-python-headless", "peft")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_hashes(folder: Path, prefix: str = "") -> dict[str, str]:
+    """``{relative path: sha256}`` of the weight and config files under a model folder: its identity."""
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and path.suffix in MODEL_FILES and relative.parts[0] not in SKIPPED_FOLDERS:
+            hashes[prefix + relative.as_posix()] = file_sha256(path)
+    return hashes
 
 
 def _package_version(name: str) -> str | None:

@@ -153,6 +153,32 @@ def test_interrupted_clip_encoding_ends_with_the_same_clips(tmp_path, config, st
     assert len(list((tmp_path / "cut").glob("*.safetensors"))) == 3 and (tmp_path / "cut" / SHARD.format(2)).exists()
 
 
+def test_clips_of_another_encoder_or_stream_are_refused_and_kept(tmp_path, config, stage1):
+    from mirage_gym.training.latent_clips import SHARD, SOURCE, encode_clips, shard_streams
+
+    vae, head = load_stage1(stage1, torch.device("cpu"))
+    streams = shard_streams(config, vae.spatial_factor, (0, 1000), seed=3)
+    args = dict(num_clips=2, clip_frames=3, chunk=1, clips_per_shard=2, progress=False)
+    encode_clips(tmp_path, streams, vae, head, **args)
+    shard = (tmp_path / SHARD.format(0)).read_bytes()
+    digest = vae.encoder_digest()
+    assert json.loads((tmp_path / SOURCE).read_text())["encoder"] == digest
+    # The decoder does not enter the digest (stage 1 may refine it while stage 2 trains); the encoder does.
+    with torch.no_grad():
+        next(vae.vae.decoder.parameters()).add_(1.0)
+        assert vae.encoder_digest() == digest
+        next(vae.vae.encoder.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="another source.*encoder"):
+        encode_clips(tmp_path, streams, vae, head, **args)
+    vae, head = load_stage1(stage1, torch.device("cpu"))
+    with pytest.raises(ValueError, match="streams"):  # other houses
+        encode_clips(tmp_path, shard_streams(config, vae.spatial_factor, (0, 500), seed=3), vae, head, **args)
+    assert (tmp_path / SHARD.format(0)).read_bytes() == shard  # nothing was overwritten
+    (tmp_path / SOURCE).unlink()  # shards whose source is unknown
+    with pytest.raises(ValueError, match="no source.json"):
+        encode_clips(tmp_path, streams, vae, head, **args)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, config):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="checkpoint.pt"):

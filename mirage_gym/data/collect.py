@@ -45,6 +45,7 @@ from mirage_gym.data.minari_writer import (
 )
 from mirage_gym.data.rollout import Episode, EpisodeRunner
 from mirage_gym.envs import ENV_IDS
+from mirage_gym.provenance import folder_hashes
 
 __all__ = ["BACKENDS", "CollectResult", "add_arguments", "collect", "default_dataset_id", "generator_identity",
            "run"]
@@ -52,8 +53,6 @@ __all__ = ["BACKENDS", "CollectResult", "add_arguments", "collect", "default_dat
 BACKENDS = ("local", "ray")
 _RESERVED = ("max_episode_steps", "num_envs", "render_mode")  # env keywords the collection sets itself
 _MODEL_KEY = "model"  # the generator's identity in the dataset's mirage_gym block
-_MODEL_FILES = (".safetensors", ".json")  # what the loaders read from a model folder
-_SKIPPED_FOLDERS = ("text_encoder", "tokenizer")  # read only to encode a prompt, which collection never does
 
 
 @dataclass(frozen=True)
@@ -232,24 +231,6 @@ def _stored_chunk(writer: DatasetWriter) -> int:
     return int(deserialize_space(text)["rgb"].shape[0])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _folder_hashes(folder: Path, prefix: str = "") -> dict[str, str]:
-    """``{relative path: sha256}`` of the weight and config files under ``folder``."""
-    hashes = {}
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if path.is_file() and path.suffix in _MODEL_FILES and relative.parts[0] not in _SKIPPED_FOLDERS:
-            hashes[prefix + relative.as_posix()] = _sha256(path)
-    return hashes
-
-
 def generator_identity(generator: str | Path, *, physics: Any = None) -> dict[str, Any]:
     """What decides a generator's output, as a dataset records it: the SHA-256 of each weight and config file.
 
@@ -269,7 +250,7 @@ def generator_identity(generator: str | Path, *, physics: Any = None) -> dict[st
         folder = default_weights_path() if spec == "default" else Path(spec)
         if not folder.is_dir():
             raise FileNotFoundError(f"generator folder {folder} does not exist (or use 'default' or 'oracle')")
-        files = _folder_hashes(folder)
+        files = folder_hashes(folder)
         if not files:
             raise FileNotFoundError(f"generator folder {folder} holds no weight or config files")
         try:
@@ -277,7 +258,7 @@ def generator_identity(generator: str | Path, *, physics: Any = None) -> dict[st
         except (OSError, ValueError, AttributeError):
             base = None
         if isinstance(base, str) and base and Path(base).is_dir():
-            files.update(_folder_hashes(Path(base), prefix="base_model/"))
+            files.update(folder_hashes(Path(base), prefix="base_model/"))
         identity["files"] = files
         if spec == "default":
             identity["package_version"] = __version__

@@ -28,7 +28,6 @@ trust (the zoo's are rebuilt by the recipe in ``agents/zoo/README.md``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+
+from mirage_gym.provenance import file_sha256
 
 __all__ = [
     "SCRIPTED",
@@ -48,7 +49,6 @@ __all__ = [
     "GoalSeeker",
     "PPOPolicy",
     "DEFAULT_WRAPPER_KWARGS",
-    "file_sha256",
 ]
 
 # The observation wrapper settings of agents/hyperparams.yml (what agents/train_ppo.py trains with).
@@ -59,14 +59,6 @@ DEFAULT_WRAPPER_KWARGS: dict[str, dict[str, Any]] = {
 
 # Discrete(7) actions of the envs: stay, forward, back, turn left, turn right, look up, look down.
 _STAY, _FORWARD, _LEFT, _RIGHT = 0, 1, 3, 4
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _world_points(obs: dict[str, np.ndarray], max_depth: float, grid: int = 32) -> np.ndarray:

@@ -16,6 +16,8 @@ Diffusion pipelines do).
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from diffusers import AutoencoderKL, AutoencoderKLWan, AutoencoderTiny
 from diffusers.configuration_utils import FrozenDict
@@ -94,6 +96,23 @@ class VideoVAE(nn.Module):
             self.register_buffer(
                 "latents_std", torch.full((1, 1, 1, 1, 1), 1.0 / float(config.scaling_factor)), persistent=False
             )
+
+    def encoder_digest(self) -> str:
+        """sha256 of everything that maps frames to latents (the encoder's tensors and the normalisation).
+
+        Equal digests encode every frame to the same latents: what a cache of encoded data records
+        of its source, so a later run can tell whether the cache still fits its autoencoder.
+        """
+        digest = hashlib.sha256()
+        parts = [*sorted(self.vae.encoder.state_dict().items()), ("latents_mean", self.latents_mean),
+                 ("latents_std", self.latents_std)]
+        quant = getattr(self.vae, "quant_conv", None)  # KL autoencoders: the posterior's projection
+        if quant is not None:
+            parts += [(f"quant_conv.{k}", v) for k, v in sorted(quant.state_dict().items())]
+        for name, tensor in parts:
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     @property
     def is_temporal(self) -> bool:

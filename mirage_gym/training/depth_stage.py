@@ -5,7 +5,8 @@ head's job is to make the latents carry some geometry without crowding colour ou
 depth the cache lifts tokens with deserves a head of its own, with whole-view context
 (``context_levels``) and more steps than stage 1 can give it. The encoder is frozen, so
 its latents never change: the frames are rendered and encoded once (``frames`` of them,
-kept in ``OUT/frames.pt`` so a resumed run does not render them again) and the head
+kept in ``OUT/frames.pt`` with the encoder's digest, so a resumed run does not render them again
+and a changed encoder gets fresh ones) and the head
 trains on them for many epochs, which on a 2-core CPU is ten times faster than rendering
 fresh frames every step.
 
@@ -16,7 +17,7 @@ At inference the head reads *generated* latents, which are not encodings of any 
 A head trained on encodings alone does worse on them (the default model's context head:
 abs-rel 0.29 on encoded frames but 0.70 on generated ones, where stage 1's head had 0.63). With ``--generator MODEL`` (a trained stage 2)
 the stage also rolls that model out over training trajectories (``generated_frames`` frames,
-kept in ``OUT/generated.pt``) and every batch is half encoded, half generated latents, each
+kept in ``OUT/generated.pt`` with the model's file hashes) and every batch is half encoded, half generated latents, each
 paired with the ground-truth depth at its pose: the head learns the depth of the scene the
 memory holds from the latents the generator really produces.
 
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 
 from mirage_gym.config import Config, DepthTraining, load_config
 from mirage_gym.model.depth_head import DepthHead
+from mirage_gym.provenance import folder_hashes
 from mirage_gym.training.data import RoomStream
 from mirage_gym.training.loop import (
     RunOptions, Stage, add_common_arguments, fit, load_tensors, print_final, save_tensors, stage_settings,
@@ -83,11 +85,13 @@ def depth_loss(
 def _encoded_frames(config: Config, stage1: Path, out: Path, count: int, seed: int, device: torch.device, progress: bool) -> dict:
     """``count`` training frames encoded by the frozen stage-1 encoder, rendered once and kept in ``out``."""
     path = out / FRAMES_FILE
+    vae, _ = load_stage1(stage1, device)
+    source = {"encoder": vae.encoder_digest(), "count": count, "seed": seed}
     if path.exists():
         frames = load_tensors(path)
-        if frames["latents"].shape[0] == count and frames.get("stage1") == str(stage1.resolve()):
+        if frames.get("source") == source:
             return frames
-    vae, _ = load_stage1(stage1, device)
+        print(f"{path} holds frames of another encoder or count: encoding them again")
     stream = RoomStream.for_training(config, vae.spatial_factor, seed)
     parts: dict[str, list[torch.Tensor]] = {"latents": [], "depth": [], "token_depth": []}
     for start in tqdm(range(0, count, 64), desc="encode frames", disable=not progress, dynamic_ncols=True):
@@ -95,7 +99,7 @@ def _encoded_frames(config: Config, stage1: Path, out: Path, count: int, seed: i
         parts["latents"].append(vae.encode(batch.rgb.to(device))[:, :, 0].half().cpu())
         parts["depth"].append(batch.depth[:, 0].half())
         parts["token_depth"].append(batch.token_depth[:, 0].half())
-    frames = {k: torch.cat(v) for k, v in parts.items()} | {"stage1": str(stage1.resolve())}
+    frames = {k: torch.cat(v) for k, v in parts.items()} | {"source": source}
     save_tensors(path, frames)
     return frames
 
@@ -106,10 +110,12 @@ def _generated_frames(config: Config, model: Path, out: Path, count: int, seed: 
     from mirage_gym.model.generator import MirageGenerator
 
     path = out / GENERATED_FILE
+    source = {"model": folder_hashes(model), "count": count, "seed": seed}
     if path.exists():
         frames = load_tensors(path)
-        if frames["latents"].shape[0] >= count and frames.get("model") == str(model.resolve()):
+        if frames.get("source") == source:
             return frames
+        print(f"{path} holds frames of another model or count: generating them again")
     generator = MirageGenerator.from_pretrained(model).to(device)
     chunk, scenes = config.model.chunk_frames, 8
     length = 1 + 4 * chunk  # the start frame (given) and four generated chunks
@@ -127,7 +133,7 @@ def _generated_frames(config: Config, model: Path, out: Path, count: int, seed: 
             parts["latents"].append(latents.transpose(1, 2).flatten(0, 1).half().cpu())
             parts["depth"].append(clips.depth[:, frames].flatten(0, 1).half())
             parts["token_depth"].append(clips.token_depth[:, frames].flatten(0, 1).half())
-    frames = {k: torch.cat(v)[:count] for k, v in parts.items()} | {"model": str(model.resolve())}
+    frames = {k: torch.cat(v)[:count] for k, v in parts.items()} | {"source": source}
     save_tensors(path, frames)
     return frames
 

@@ -21,13 +21,20 @@ cache histories from them for many epochs. What is stored is what inference woul
 Shards are written atomically (temporary file, then rename), and shard ``i`` is drawn from
 its own stream ``make_stream(i)``: an interrupted run resumes at the first missing shard and
 ends with exactly the clips an uninterrupted run would have written.
+
+``source.json`` records what the shards were made from: the encoder's digest
+(:meth:`~mirage_gym.model.VideoVAE.encoder_digest`), the clip length and chunk, and the streams'
+houses and seed. A folder made from anything else is an error, not a silent mix of two latent
+spaces (a stage 1 retrained in place, another config); the token depth is the head's at encoding time.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -40,23 +47,58 @@ from mirage_gym.model import DepthHead, VideoVAE
 from mirage_gym.training.data import RoomStream
 from mirage_gym.training.loop import derived_seed
 
-__all__ = ["encode_clips", "LatentClips", "shard_streams", "write_shard", "load_shards"]
+__all__ = ["encode_clips", "LatentClips", "ShardStreams", "shard_streams", "write_shard", "load_shards"]
 
 SHARD = "shard_{:05d}.safetensors"
+SOURCE = "source.json"
 
 
-def shard_streams(config: Config, latent_factor: int, seeds: tuple[int, int], seed: int) -> Callable[[int], RoomStream]:
-    """Shard ``i``'s stream: its own seed and a small pool of its own rooms (a shard holds 32 clips)."""
-    data = config.training.data
+@dataclass(frozen=True)
+class ShardStreams:
+    """Shard ``i``'s stream (``streams(i)``): its own seed and a small pool of its own rooms."""
 
-    def make_stream(index: int) -> RoomStream:
+    resolution: int
+    fov_deg: float
+    latent_factor: int
+    room_seeds: tuple[int, int]
+    rooms_per_shard: int
+    moving_objects_prob: float
+    seed: int
+
+    def __call__(self, index: int) -> RoomStream:
         return RoomStream(
-            resolution=config.model.resolution, fov_deg=config.model.fov_deg, latent_factor=latent_factor,
-            room_seeds=seeds, pool_size=data.rooms_per_shard, moving_objects_prob=data.moving_objects_prob,
-            seed=derived_seed(seed, index),
+            resolution=self.resolution, fov_deg=self.fov_deg, latent_factor=self.latent_factor,
+            room_seeds=self.room_seeds, pool_size=self.rooms_per_shard, moving_objects_prob=self.moving_objects_prob,
+            seed=derived_seed(self.seed, index),
         )
 
-    return make_stream
+
+def shard_streams(config: Config, latent_factor: int, seeds: tuple[int, int], seed: int) -> ShardStreams:
+    """The :class:`ShardStreams` of ``config``'s data settings over the houses ``seeds`` (a shard holds 32 clips)."""
+    data = config.training.data
+    return ShardStreams(config.model.resolution, config.model.fov_deg, latent_factor, tuple(seeds),
+                        data.rooms_per_shard, data.moving_objects_prob, seed)
+
+
+def _check_source(folder: Path, source: dict[str, Any]) -> None:
+    """Record ``source`` in ``folder/source.json``, or refuse a folder whose shards were made from another."""
+    path = folder / SOURCE
+    shards = sorted(folder.glob("shard_*.safetensors"))
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != source:
+            diff = [f"{k}: {saved.get(k)!r} there, {source.get(k)!r} now" for k in sorted(set(saved) | set(source))
+                    if saved.get(k) != source.get(k)]
+            raise ValueError(f"{folder} holds clips made from another source ({'; '.join(diff)}): they would mix two "
+                             "latent spaces or datasets. Train into another --out, or remove the folder to encode "
+                             "them again")
+        return
+    if shards:
+        raise ValueError(f"{folder} holds {len(shards)} shards but no {SOURCE}: which autoencoder encoded them is "
+                         "unknown. Train into another --out, or remove the folder to encode them again")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(source, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def write_shard(tensors: dict[str, Tensor], path: Path) -> None:
@@ -86,7 +128,7 @@ def _shard_keys(path: Path) -> set[str]:
 @torch.no_grad()
 def encode_clips(
     folder: Path,
-    make_stream: Callable[[int], RoomStream],
+    make_stream: ShardStreams,
     vae: VideoVAE,
     depth_head: DepthHead,
     *,
@@ -105,6 +147,9 @@ def encode_clips(
     ``require`` (written by an older version) is encoded again from its own stream, with a message.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    source = {"encoder": vae.encoder_digest(), "clip_frames": clip_frames, "chunk": chunk,
+              "clips_per_shard": clips_per_shard, "streams": json.loads(json.dumps(vars(make_stream)))}
+    _check_source(folder, source)
     token_filter = TokenFilter()
     shards = -(-num_clips // clips_per_shard)
     for index in tqdm(range(shards), desc="encode clips", disable=not progress, dynamic_ncols=True):

@@ -22,6 +22,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("train", "generator"), "mirage_gym.training.generator_stage", "stage 2: train the widened Wan transformer (flow matching over the cache)"),
     (("train", "self-forcing"), "mirage_gym.training.rollout_stage", "fine-tune a stage-2 model on its own multi-chunk rollouts (self-forcing)"),
     (("train", "ablate-vae"), "mirage_gym.training.ablation", "autoencoder ablation: candidate designs trained for equal CPU time, scored on held-out frames"),
+    (("train", "curves"), "mirage_gym.training.curves", "plot a run's tensorboard curves (every stage of a `train all` run) into one PNG"),
     (("train", "lora"), "mirage_gym.training.lora_stage", "LoRA-tune a real Wan2.2 folder (with the widening and a depth head) on the rooms"),
     (("bench", "memory"), "mirage_gym.bench.memory", "LatentCache vs PointCloudMemory: time per chunk and bytes held"),
     (("bench", "render"), "mirage_gym.bench.render", "ground-truth renderer throughput (frames/s)"),

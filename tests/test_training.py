@@ -839,3 +839,33 @@ def test_bad_candidate_files_are_named(tmp_path):
     path.write_text(json.dumps([{"name": "x", "vae": {**TINY_CANDIDATES[0]["vae"], "decoder_block_out_channels": [8, 16, 16, 16]}}]))
     with pytest.raises(ValueError, match="one width"):
         load_candidates(path)
+
+
+def test_curves_merge_resumed_event_files_and_plot_every_stage(tmp_path):
+    import os
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mirage_gym.training.curves import plot_curves, read_scalars, stage_folders
+
+    tb = tmp_path / "run" / "vae" / "tb"
+    first = SummaryWriter(str(tb), filename_suffix=".a")
+    for step in (1, 2, 3):
+        first.add_scalar("train/loss", 10.0 + step, step)
+    first.close()
+    resumed = SummaryWriter(str(tb), filename_suffix=".b")  # resumed at step 2: its values win from there on
+    for step in (2, 3, 4):
+        resumed.add_scalar("train/loss", float(step), step)
+    resumed.add_scalar("val/psnr", 20.0, 4)
+    resumed.close()
+    a, b = sorted(tb.glob("*.a"))[0], sorted(tb.glob("*.b"))[0]
+    os.utime(a, (1, 1))  # the newer file is the resumed run's
+    steps, values = read_scalars(tb)["train/loss"]
+    assert steps.tolist() == [1, 2, 3, 4] and values.tolist() == [11.0, 2.0, 3.0, 4.0]
+    assert b.exists() and list(stage_folders(tmp_path / "run")) == ["vae"]
+    png = plot_curves(tmp_path / "run", tmp_path / "curves.png")
+    assert png.stat().st_size > 0
+    with pytest.raises(ValueError, match="none of the tags"):
+        plot_curves(tmp_path / "run", tmp_path / "other.png", tags=["val/nothing"])
+    with pytest.raises(FileNotFoundError, match="no tb/ folder"):
+        stage_folders(tmp_path)

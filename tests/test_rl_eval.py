@@ -245,6 +245,32 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path):
     assert (out / "rl_table.md").read_text().strip() == _quick(tmp_path / "fresh")["table"]
 
 
+def test_a_ppo_policy_is_known_by_its_bytes_not_its_path(tmp_path):
+    import shutil
+
+    import torch
+
+    first = _ppo_zip(tmp_path / "a" / "ppo.zip", resolution=48)
+    moved = tmp_path / "elsewhere" / "ppo.zip"  # a fresh checkout, another folder: the same policy
+    moved.parent.mkdir()
+    shutil.copyfile(first, moved)
+    config = RLEvalConfig.quick(resolution=48, episodes=1, max_episode_steps=2)
+    out = tmp_path / "out"
+    evaluate_policies(load_policies(["random", "frontier", f"ppo={first}"], config.env_id), config, out, progress=None)
+    more = RLEvalConfig.quick(resolution=48, episodes=2, max_episode_steps=2)
+    evaluate_policies(load_policies(["random", "frontier", f"ppo={moved}"], more.env_id), more, out, progress=None)
+    assert len((out / LOG).read_text().splitlines()) == 3 * 2 * 2
+    from stable_baselines3 import PPO
+
+    model = PPO.load(first)
+    with torch.no_grad():  # other weights under the same name
+        next(model.policy.parameters()).add_(1.0)
+    other = tmp_path / "b" / "ppo.zip"
+    model.save(other)
+    with pytest.raises(ValueError, match="another policy named 'ppo'"):
+        evaluate_policies(load_policies(["random", "frontier", f"ppo={other}"], more.env_id), more, out, progress=None)
+
+
 # --------------------------------------------------------------------------- the command line
 
 

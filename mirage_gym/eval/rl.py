@@ -252,9 +252,12 @@ def _check_run(out: Path, config: RLEvalConfig, policies: Sequence[Policy], done
         if previous != fingerprint:
             raise ValueError(f"{out} holds a run with other settings ({run}: {previous}); these are "
                              f"{fingerprint}. Use another --out, or the same settings to resume it.")
-    known = {r["policy"]: r["policy_id"] for r in done}
+    def identity(pid: dict[str, Any]) -> dict[str, Any]:  # a PPO zip is its bytes (sha256), wherever it lies
+        return {k: v for k, v in pid.items() if k != "path"}
+
+    known = {r["policy"]: identity(r["policy_id"]) for r in done}
     for policy in policies:
-        pid = json.loads(json.dumps(policy.describe()))
+        pid = identity(json.loads(json.dumps(policy.describe())))
         if policy.name in known and known[policy.name] != pid:
             raise ValueError(f"{out} holds episodes of another policy named {policy.name!r} ({known[policy.name]}); "
                              f"this one is {pid}. Use another --out or another name.")

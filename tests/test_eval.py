@@ -224,6 +224,7 @@ def test_dynamic_token_count_follows_the_memory_write():
     k = intrinsics_from_fov(90.0, RESOLUTION, RESOLUTION)
     truth = render_truth(path, k, RESOLUTION, 0.25)
     gen = build_tiny_generator()
+    gen.rewrite_cached = True  # every kept token is handed to the memory, cached cell or not
     counts = {}
     for name, keep in (("all", True), ("none", False)):
         # A filter that keeps everything (or nothing): every (no) visible moving-object token is written.
@@ -233,6 +234,12 @@ def test_dynamic_token_count_follows_the_memory_write():
         counts[name] = (run.dynamic_written, run.dynamic_visible)
     assert counts["all"][1] > 0 and counts["all"][0] == counts["all"][1]
     assert counts["none"] == (0, counts["all"][1])
+    # Without the write-back, cells the memory already held are not written again: the count is the
+    # generator's own record of its write, so it drops (a re-run of the filter would not see this).
+    gen.rewrite_cached = False
+    gen.token_filter = lambda rgb, depth, poses, intr, latent_size: torch.full((*rgb.shape[:2], *latent_size), True)
+    run = rollout(gen, path, truth, k, CHUNK, mode="latent")
+    assert run.dynamic_visible == counts["all"][1] and run.dynamic_written < counts["all"][0]
 
 
 def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):

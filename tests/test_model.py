@@ -257,6 +257,9 @@ def test_cells_read_from_the_cache_are_not_written_back_by_default(rewrite: bool
     after = gen.memory_store.points()
     unchanged = all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert unchanged != rewrite  # remembered surfaces stay put unless rewriting is asked for
+    # The chunk's record of its write says the same: nothing (all cached) or every token the filter kept.
+    assert out.written.shape == (2, 2, *out.cache_mask.shape[-2:]) and out.written.dtype == torch.bool
+    assert out.written.any() == rewrite
 
 
 def test_sampler_spaces_its_steps_evenly_before_the_shift() -> None:
@@ -281,6 +284,7 @@ def test_memory_modes_switch() -> None:
     assert outputs["latent"].cache_mask.all()
     assert outputs["pixel"].cache_mask.float().mean() > 0.5
     assert not outputs["none"].cache_mask.any() and sizes["none"] == [0, 0]
+    assert outputs["none"].written is None and outputs["pixel"].written is not None
     assert "render" in outputs["pixel"].timings and "encode" in outputs["pixel"].timings
     # The conditioning reaches the model: the same noise gives different chunks.
     assert not torch.allclose(outputs["latent"].latents, outputs["none"].latents)

@@ -23,7 +23,7 @@ def _fmt(value: float | int | None, digits: int = 2) -> str:
 def markdown_table(result: EvalResult) -> str:
     """One row per mode: every summary metric, the dynamic tokens let into the memory, cost and memory; then the
     autoencoder's held-out reconstruction, when the result has it."""
-    head = ["mode", *(title for _, title, _ in METRICS), "dynamic tokens in memory", "s/chunk", "memory MiB"]
+    head = ["mode", *(title for _, title, _ in METRICS), "dynamic tokens written", "s/chunk", "memory MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for mode, entry in result.summary.items():
         digits = {"revisit_ssim": 3, "reproj_l1": 3, "depth_abs_rel": 3}

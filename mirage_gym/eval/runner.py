@@ -21,7 +21,8 @@ The generated frames and depth are scored with :mod:`mirage_gym.eval.consistency
   over a rollout's generated frames, on the pixels seen before (where the memory covers the view:
   ``observed``) and on the rest (new areas), static surfaces only. The same pixels in every mode;
 * ``dynamic_tokens_written`` / ``dynamic_tokens_visible`` -- tokens on ground-truth moving
-  objects that the memory write let into the memory, out of those in the written frames.
+  objects that the generator handed to its memory (its own record, :attr:`ChunkOutput.written`),
+  out of those in the written frames.
 
 With a generator that has an autoencoder, ``EvalResult.autoencoder`` also holds its reconstruction on
 ``autoencoder_frames`` held-out frames (:func:`~mirage_gym.training.vae_stage.held_out_reconstruction`:
@@ -162,27 +163,21 @@ class Rollout:
     dynamic_visible: int | None  # tokens on moving objects in the frames written
 
 
-def _dynamic_counts(
-    generator: Generator, out: ChunkOutput, poses: Tensor, intrinsics: Tensor, static: Tensor
-) -> tuple[int, int] | None:
-    """Moving-object tokens the generator's memory write lets in, and those present, for one chunk.
+def _dynamic_counts(generator: Generator, out: ChunkOutput, static: Tensor) -> tuple[int, int] | None:
+    """Moving-object tokens the generator handed to its memory in one chunk, and those present in it.
 
-    The keep mask is the generator's own :class:`TokenFilter` on the chunk (a pure function of the
-    chunk, so this is exactly what :meth:`MirageGenerator.step` wrote); a token is on a moving object
-    when at least half of its ground-truth pixels are.
+    What was written is the generator's own record (:attr:`ChunkOutput.written`: the filter's
+    decision less the cells the memory already held), not a re-run of the filter; a token is on a
+    moving object when at least half of its ground-truth pixels are.
     """
-    if generator.renders_ground_truth or generator.memory == "none":  # no memory write to measure
+    if out.written is None:  # no memory write to measure
         return None
-    sf = generator.vae.spatial_factor
-    height, width = out.rgb.shape[2:4]
-    latent = (height // sf, width // sf)
-    k = intrinsics.to(generator.device)
-    keep = generator.token_filter(out.rgb, out.depth, poses[None].to(generator.device), k, latent_size=latent)[0].cpu()
-    dynamic = pool_fraction((~static).float(), latent) >= 0.5  # [T, h, w]
+    written = out.written[0].cpu()  # [T, h, w]
+    dynamic = pool_fraction((~static).float(), tuple(written.shape[-2:])) >= 0.5  # [T, h, w]
     if generator.memory == "latent":  # the cache takes one latent frame per temporal group
         stride = generator.vae.temporal_factor
-        keep, dynamic = keep[::stride], dynamic[::stride]
-    return int((keep & dynamic).sum()), int(dynamic.sum())
+        written, dynamic = written[::stride], dynamic[::stride]
+    return int((written & dynamic).sum()), int(dynamic.sum())
 
 
 def rollout(
@@ -202,7 +197,7 @@ def rollout(
     noise = torch.Generator(device=generator.device).manual_seed(seed)
     start = generator.start(truth.rgb[:1], poses[:1], intrinsics, renderers=[truth.renderer])
     rgb, depth = [start.rgb[0].cpu()], [start.depth[0].cpu()]
-    dyn = _dynamic_counts(generator, start, poses[:1], intrinsics, truth.static[:1])
+    dyn = _dynamic_counts(generator, start, truth.static[:1])
     written, visible = (None, None) if dyn is None else dyn
     seconds, timings, memory = [], [], []
     for c in range(poses.shape[0] // chunk):
@@ -214,7 +209,7 @@ def rollout(
         memory.append(int(generator.memory_bytes()[0]))
         rgb.append(out.rgb[0].cpu())
         depth.append(out.depth[0].cpu())
-        dyn = _dynamic_counts(generator, out, poses[frames], intrinsics, truth.static[frames])
+        dyn = _dynamic_counts(generator, out, truth.static[frames])
         if dyn is not None:
             written, visible = written + dyn[0], visible + dyn[1]
     return Rollout(mode, torch.cat(rgb), torch.cat(depth).float(), seconds, timings, memory, written, visible)

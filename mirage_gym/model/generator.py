@@ -83,6 +83,10 @@ class ChunkOutput:
         cache_mask: ``[B, t, h, w]`` bool, where the memory conditioned each latent frame.
         timings: seconds per stage (``cache_read``, ``denoise``, ``decode``, ``filter``,
             ``write``; ``render`` and ``encode`` for the pixel memory).
+        written: ``[B, T, h, w]`` bool on the latent grid of every frame, the tokens handed to the
+            memory: what the token filter kept, less (with ``rewrite_cached`` off) the cells the
+            memory already held; a temporal VAE's latent memory takes frames ``0, f, 2f, ...`` of it.
+            ``None`` when nothing is written (``memory="none"``, a ground-truth renderer).
     """
 
     rgb: Tensor
@@ -90,6 +94,7 @@ class ChunkOutput:
     latents: Tensor
     cache_mask: Tensor
     timings: dict[str, float] = field(default_factory=dict)
+    written: Tensor | None = None
 
 
 class _Timer:
@@ -533,6 +538,7 @@ class MirageGenerator(nn.Module):
             latents=latents,
             cache_mask=torch.zeros(s, 1, h, w, dtype=torch.bool, device=self.device),
             timings=timer.timings,
+            written=None if self._store is None else keep,
         )
 
     def _write(
@@ -700,4 +706,5 @@ class MirageGenerator(nn.Module):
 
         self._context = torch.cat([self._context, latents], dim=2)[:, :, -k:].contiguous()
         self._context_poses = all_poses[:, -k:].contiguous()
-        return ChunkOutput(rgb=rgb, depth=pixel_depth, latents=latents, cache_mask=mask, timings=timer.timings)
+        return ChunkOutput(rgb=rgb, depth=pixel_depth, latents=latents, cache_mask=mask, timings=timer.timings,
+                           written=None if self._store is None else keep)

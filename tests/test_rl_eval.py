@@ -207,6 +207,7 @@ def test_same_seeds_give_the_same_table(tmp_path):
     first = _quick(tmp_path / "a")
     second = _quick(tmp_path / "b")
     assert first["table"] == second["table"]
+    assert first["episodes_timed"] == 3 * 2 * 2 and all(v > 0 for v in first["episode_seconds"].values())
     assert first["per_policy"] == second["per_policy"]
     other = _quick(tmp_path / "c", seed=2000)
     assert other["per_policy"] != first["per_policy"]

@@ -45,6 +45,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -275,7 +276,8 @@ def _make_env(config: RLEvalConfig, side: str):
 
 
 def run_episode(env, policy: Policy, room_seed: int, seed: int) -> dict[str, Any]:
-    """One episode through the public Gymnasium API; the metrics of its end."""
+    """One episode through the public Gymnasium API; the metrics of its end and its wall time."""
+    begin = time.perf_counter()
     policy.reset(seed)
     obs, info = env.reset(seed=seed, options={"room_seed": int(room_seed)})
     total, collisions, steps = 0.0, 0, 0
@@ -289,7 +291,8 @@ def run_episode(env, policy: Policy, room_seed: int, seed: int) -> dict[str, Any
     coverage = float(info["coverage"])  # inf under generated physics (no house total): logged as null
     return {"return": total, "coverage": coverage if math.isfinite(coverage) else None,
             "explored_m2": float(info["explored_m2"]), "collisions": collisions, "length": steps,
-            "success": float(info["success"]) if "success" in info else None}
+            "success": float(info["success"]) if "success" in info else None,
+            "seconds": time.perf_counter() - begin}
 
 
 def evaluate_policies(policies: Sequence[Policy], config: RLEvalConfig, out: str | os.PathLike,
@@ -400,6 +403,10 @@ def summarise(records: Sequence[dict[str, Any]], policies: Sequence[Policy], con
             per_policy[name][side] = entry
     result: dict[str, Any] = {"config": asdict(config), "policies": names, "exploration_metric": explore,
                               "per_policy": per_policy, "agreement": {}}
+    # Wall time of the episodes (whatever else ran beside them; logs from before it was kept lack it).
+    timed = [r for r in records if r["policy"] in names and r["episode"] < config.episodes and "seconds" in r]
+    result["episode_seconds"] = {side: sum(r["seconds"] for r in timed if r["side"] == side) for side in config.sides}
+    result["episodes_timed"] = len(timed)
     if set(SIDES) <= set(config.sides):
         for m in ("return", explore, "success"):
             if m not in metrics:

@@ -242,6 +242,36 @@ def test_pointnav_goal_progress_and_success():
     assert terminated and info["success"] and reward > 10.0
 
 
+def test_geodesic_distance_looks_past_blocked_neighbours_and_progress_stays_finite(monkeypatch):
+    from mirage_gym.envs import tasks
+    from mirage_gym.world import make_scene
+
+    scene = make_scene(3)
+    free = np.argwhere(scene.free_cells(0.2))
+    row, col = free[len(free) // 2]
+    position = np.array([*scene.cell_centers()[row, col, :2], 1.4])
+    goal = np.array([*scene.cell_centers()[tuple(free[0])][:2], 1.4])
+    distances = tasks.geodesic_distances(scene, goal)
+    exact = tasks.geodesic_distance(scene, distances, position)
+    assert np.isfinite(exact)
+    # A body pressed into a corner: every cell of the 3x3 around it counts as blocked.
+    blocked = distances.copy()
+    blocked[max(0, row - 1) : row + 2, max(0, col - 1) : col + 2] = np.inf
+    ring2 = blocked[max(0, row - 2) : row + 3, max(0, col - 2) : col + 3]
+    centres = scene.cell_centers()[max(0, row - 2) : row + 3, max(0, col - 2) : col + 3, :2]
+    expected = (np.linalg.norm(centres - position[:2], axis=-1) + ring2).min()
+    widened = tasks.geodesic_distance(scene, blocked, position)
+    assert widened == pytest.approx(expected) and widened >= exact
+    assert tasks.geodesic_distance(scene, np.full_like(distances, np.inf), position) == np.inf
+    # Nowhere near a reachable cell: the episode's reward and distance stay finite (no progress).
+    env = MirageRoomNavEnv(**oracle_kwargs())
+    _, info = env.reset(seed=0)
+    monkeypatch.setattr(tasks, "geodesic_distance", lambda *args: np.inf)
+    _, reward, _, _, after = env.step(np.array([1.0, 0.0, 0.0, 0.0], np.float32))
+    assert np.isfinite(reward) and after["reward_progress"] == 0.0
+    assert after["distance_to_goal"] == info["distance_to_goal"]
+
+
 # ---------------------------------------------------------------------- declared interfaces
 
 

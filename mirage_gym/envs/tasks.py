@@ -412,6 +412,8 @@ class PointNavTask(Task):
             distance = goal_distance(transition.position, state.goal)
         else:
             distance = geodesic_distance(transition.world.scene, state.distances, transition.position)
+            if not math.isfinite(distance):  # nowhere near a reachable cell: no progress either way
+                distance = state.distance
         progress = state.distance - distance
         state.distance = distance
         state.success = distance <= self.success_distance
@@ -461,12 +463,23 @@ def geodesic_distances(scene: Scene, goal: np.ndarray) -> np.ndarray:
     return dist + float(np.linalg.norm(centre[:2] - goal[:2]))
 
 
+GEODESIC_SEARCH_CELLS = 4  # how far (cells) geodesic_distance looks for a reachable cell around a position
+
+
 def geodesic_distance(scene: Scene, distances: np.ndarray, position: np.ndarray) -> float:
-    """Geodesic distance of ``position`` ``[3]``: the smallest ``|p - c| + D(c)`` over the 3x3 cells around it."""
+    """Geodesic distance of ``position`` ``[3]``: the smallest ``|p - c| + D(c)`` over the cells around it.
+
+    The 3x3 cells around it first; where none of them reaches the goal (a body pressed against a wall
+    or in a doorway can stand where the navigation grid, with its clearance, counts every nearby cell
+    as blocked), rings further out, up to :data:`GEODESIC_SEARCH_CELLS` cells; ``inf`` only beyond that.
+    """
     gh, gw = distances.shape
     row, col, _ = scene.cell_of(np.asarray(position, np.float64)[None])
-    r0, r1 = max(0, row[0] - 1), min(gh, row[0] + 2)
-    c0, c1 = max(0, col[0] - 1), min(gw, col[0] + 2)
-    centres = scene.cell_centers()[r0:r1, c0:c1, :2]
-    near = np.linalg.norm(centres - np.asarray(position)[:2], axis=-1) + distances[r0:r1, c0:c1]
-    return float(near.min())
+    centres = scene.cell_centers()
+    for ring in range(1, GEODESIC_SEARCH_CELLS + 1):
+        r0, r1 = max(0, row[0] - ring), min(gh, row[0] + ring + 1)
+        c0, c1 = max(0, col[0] - ring), min(gw, col[0] + ring + 1)
+        near = np.linalg.norm(centres[r0:r1, c0:c1, :2] - np.asarray(position)[:2], axis=-1) + distances[r0:r1, c0:c1]
+        if np.isfinite(near).any():
+            return float(near.min())
+    return math.inf

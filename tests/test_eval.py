@@ -161,6 +161,11 @@ def test_observed_mask_marks_what_was_seen_before(rotation):
     assert not twice[0].any() and twice[1].all()
     turned = observed_mask(depth, poses, K)
     assert 0.5 < turned[1].float().mean() < 1.0  # a 5 degree turn reveals a strip on the left
+    # Seen by the start frame only: frame 2 does not count what frame 1 showed first.
+    seen = observed_mask(depth[[0, 1, 1]], poses[[0, 1, 1]], K, sources=1)
+    assert torch.equal(seen[1], turned[1]) and torch.equal(seen[2], seen[1])
+    everything = observed_mask(depth[[0, 1, 1]], poses[[0, 1, 1]], K)
+    assert everything[2].all() and seen[2].float().mean() < 1.0
 
 
 def test_trajectories_are_held_out():
@@ -203,6 +208,7 @@ def test_oracle_is_near_perfectly_consistent():
     assert list(result.summary) == ["oracle"]
     assert oracle["revisit_psnr"] == pytest.approx(100.0) and oracle["revisit_ssim"] == pytest.approx(1.0, abs=1e-5)
     assert oracle["fidelity_psnr"] == pytest.approx(100.0) and oracle["depth_abs_rel"] == 0.0
+    assert oracle["fidelity_start_psnr"] == pytest.approx(100.0)
     assert oracle["reproj_l1"] < 0.03
     # Against the ground truth of the first view too, and the ground truth keeps all of its own detail.
     assert oracle["revisit_psnr_gt"] == pytest.approx(100.0)

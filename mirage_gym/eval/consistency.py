@@ -299,12 +299,15 @@ def revisit_pairs(
 
 
 def observed_mask(
-    depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, *, voxel: float = 0.05, static: Tensor | None = None
+    depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, *, voxel: float = 0.05, static: Tensor | None = None,
+    sources: int | None = None,
 ) -> Tensor:
     """``[N, H, W]``: the surface point of a pixel lies in a ``voxel`` already seen by an earlier frame.
 
     ``depth`` is the ground truth. Frame 0 has nothing before it (all False). ``static``
     ``[N, H, W]`` excludes pixels (moving objects) both from what counts as seen and from the result.
+    ``sources``: only the first ``sources`` frames count as seeing (``1``: what the start frame showed);
+    ``None``: every earlier frame.
     """
     n, h, w = depth.shape
     ok = torch.isfinite(depth) & (depth > 0)
@@ -320,6 +323,7 @@ def observed_mask(
     seen = keys[0][ok[0]].unique()
     for t in range(1, n):
         out[t] = ok[t] & torch.isin(keys[t], seen)
-        seen = torch.cat([seen, keys[t][ok[t]]]).unique()
+        if sources is None or t < sources:
+            seen = torch.cat([seen, keys[t][ok[t]]]).unique()
     return out
 

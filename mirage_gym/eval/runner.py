@@ -16,6 +16,10 @@ The generated frames and depth are scored with :mod:`mirage_gym.eval.consistency
   (the commanded motion of a step is spread evenly over its frames);
 * ``depth_abs_rel`` / ``fidelity_psnr`` -- against the ground truth where the scene was
   observed before (a generator cannot know what it never saw);
+* ``fidelity_start_psnr`` -- the same, only where the *start frame* showed the surface: the one
+  real observation of a rollout, so this is how well the memory carries what it was given to other
+  viewpoints (``fidelity_psnr`` also counts surfaces first shown by generated frames, whose
+  ground truth the generator never saw);
 * ``detail_cached`` / ``detail_new`` -- :func:`~mirage_gym.metrics.detail_ratio` of the generated
   frames against the ground truth at the same pose (1: as much fine detail, below 1: blur), pooled
   over a rollout's generated frames, on the pixels seen before (where the memory covers the view:
@@ -80,6 +84,7 @@ METRICS = (
     ("pose_recovered", "pose recovered", True),
     ("depth_abs_rel", "depth abs-rel", False),
     ("fidelity_psnr", "fidelity PSNR dB", True),
+    ("fidelity_start_psnr", "fidelity on start view dB", True),
     ("detail_cached", "detail cached", True),
     ("detail_new", "detail new areas", True),
 )
@@ -135,6 +140,7 @@ class GroundTruth:
     static: Tensor  # [N, H, W] bool: not a moving object
     observed: Tensor  # [N, H, W] bool: seen in an earlier frame (static surfaces only)
     renderer: Renderer
+    start_seen: Tensor  # [N, H, W] bool: seen in frame 0, the start image (static surfaces only)
 
 
 def render_truth(trajectory: EvalTrajectory, intrinsics: Tensor, resolution: int, frame_time: float) -> GroundTruth:
@@ -146,7 +152,8 @@ def render_truth(trajectory: EvalTrajectory, intrinsics: Tensor, resolution: int
     rgb = torch.cat([p.rgb for p in parts])
     depth = torch.cat([p.depth for p in parts])
     static = ~torch.cat([p.dynamic for p in parts])
-    return GroundTruth(rgb, depth, static, observed_mask(depth, poses, intrinsics, static=static), renderer)
+    return GroundTruth(rgb, depth, static, observed_mask(depth, poses, intrinsics, static=static), renderer,
+                       observed_mask(depth, poses, intrinsics, static=static, sources=1))
 
 
 @dataclass
@@ -250,6 +257,8 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
     control = camera_control_error(run.rgb, run.depth, cam_to_world, intrinsics, [(t, t + 1) for t in range(n - 1)])
     seen = truth.observed[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
     fidelity = _masked(psnr, gen[1:], gt[1:], seen)
+    start_seen = truth.start_seen[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
+    fidelity_start = _masked(psnr, gen[1:], gt[1:], start_seen)
     depth_err = _masked(abs_rel, run.depth[1:], truth.depth[1:], seen)
     unseen = ~truth.observed[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
     return {
@@ -268,6 +277,7 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
         "pose_recovered": float(control.recovered.float().mean()) if control.recovered.numel() else math.nan,
         "depth_abs_rel": _nanmean(depth_err),
         "fidelity_psnr": _nanmean(fidelity),
+        "fidelity_start_psnr": _nanmean(fidelity_start),
         "fidelity_per_frame": [float(v) for v in fidelity],
         "seconds_per_chunk": float(np.median(run.chunk_seconds)),
         "memory_bytes": run.memory_bytes[-1],

@@ -353,6 +353,19 @@ def test_zoo_manifests_name_at_least_eight_policies_and_their_recipe():
             load_policies([str(ROOT / "agents" / "zoo" / "MirageRoom-v0.json")], "MirageRoom-v0")
 
 
+def test_zoo_build_skips_runs_whose_zips_are_there(tmp_path):
+    # The zoo is versioned, its training runs are not: a fresh machine must not retrain the oracle run.
+    dest = tmp_path / "ppo"
+    dest.mkdir()
+    for steps in (10_000, 40_000, 100_000):
+        (dest / f"oracle_{steps}.zip").write_bytes(b"zip")
+    cmd = [sys.executable, str(ROOT / "agents" / "zoo" / "build.py"), "--dest", str(dest), "--dry-run"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0].startswith("skipped oracle") and "--generator default" in out[1] and len(out) == 2
+    out = subprocess.run([*cmd, "--rebuild"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "--generator oracle" in out[0] and "--generator default" in out[1]
+
+
 def test_dream_to_real_on_a_tiny_budget(tmp_path):
     """Both trainings through agents/train_ppo.py (oracle as the 'world model' here), then the normalised score."""
     train = ["--num-envs", "2", "--n-steps", "8", "--batch-size", "16", "--resolution", "48", "--eval-freq",

@@ -2,7 +2,8 @@
 
 One ground-truth (oracle) training run gives three checkpoints along the way (early, middle, late);
 one run of the same budget on generated frames (the shipped model, `default`) gives the fourth.
-Both runs are resumable (train_ppo.py --resume): rerun the same command after a kill.
+Both runs are resumable (train_ppo.py --resume): rerun the same command after a kill. A run whose zips
+are all in the destination already is skipped (the zoo is versioned, its runs are not): --rebuild retrains it.
 
     python agents/zoo/build.py --env MirageRoom-v0                  # the zoo's budget: 100k steps each
     python agents/zoo/build.py --env MirageRoomNav-v0
@@ -55,6 +56,7 @@ def main() -> int:
     parser.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                         help="extra train_ppo.py argument for both runs (repeatable, e.g. --train-arg=--num-envs "
                              "--train-arg=4)")
+    parser.add_argument("--rebuild", action="store_true", help="retrain runs whose zips are in --dest already")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     dest = args.dest or ZOO / "ppo" / args.env
@@ -62,6 +64,11 @@ def main() -> int:
     if args.generated:
         runs.append((args.generated, [args.timesteps]))
     for generator, keep in runs:
+        targets = {steps: dest / f"{Path(generator).name}_{steps}.zip" for steps in keep}
+        if not args.rebuild and all(target.exists() for target in targets.values()):
+            print(f"skipped {generator}: {', '.join(t.name for t in targets.values())} in {dest} (--rebuild retrains)",
+                  flush=True)
+            continue
         cmd = [sys.executable, str(TRAIN), "--env", args.env, "--generator", generator, "--total-timesteps",
                str(args.timesteps), "--checkpoint-freq", str(args.checkpoint_freq), "--seed", str(args.seed),
                "--logdir", str(args.logdir), "--video-freq", "0", "--threads", str(args.threads), "--resume",
@@ -72,9 +79,8 @@ def main() -> int:
         subprocess.run(cmd, check=True, cwd=TRAIN.parent)
         run = args.logdir / f"{args.env}_{Path(generator).name}_seed{args.seed}"
         dest.mkdir(parents=True, exist_ok=True)
-        for steps in keep:
+        for steps, target in targets.items():
             source = run / "final_model.zip" if steps == args.timesteps else checkpoint_near(run, steps)
-            target = dest / f"{Path(generator).name}_{steps}.zip"
             shutil.copyfile(source, target)
             print(f"{source} -> {target}", flush=True)
     return 0

@@ -7,6 +7,7 @@ checkpoints, the best model (EvalCallback on held-out rooms) and the final model
 
     .venv/bin/python agents/train_ppo.py --env MirageRoom-v0 --generator oracle --total-timesteps 100000
     .venv/bin/python agents/train_ppo.py --env MirageRoomNav-v0 --generator path/to/model
+    .venv/bin/python agents/train_ppo.py --env MirageRoom-v0 --env-option physics=generated
     tensorboard --logdir runs/ppo
 
 The saved models are stable-baselines3 .zip files, which hold pickles: loading one runs the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import time
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback,
 from stable_baselines3.common.logger import TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecMonitor
 from tensorboard.compat.proto.summary_pb2 import Summary
+
+from mirage_gym.eval.rl import parse_options, train_run_name
 
 
 class VideoCallback(BaseCallback):
@@ -80,6 +84,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, help="default: env_kwargs of the yaml")
     parser.add_argument("--chunk", type=int)
     parser.add_argument("--max-episode-steps", type=int, help="default: the registration's (200 Room, 100 Nav)")
+    parser.add_argument("--env-option", action="append", metavar="KEY=VALUE",
+                        help="extra gym.make option of the training and evaluation envs (repeatable, e.g. "
+                             "physics=generated); each one is part of the run's folder name")
     parser.add_argument("--n-steps", type=int, help="PPO rollout length per sub-env")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int, default=0)
@@ -117,7 +124,8 @@ def main() -> None:
     for flag in ("resolution", "chunk", "max_episode_steps"):
         if getattr(args, flag) is not None:
             env_kwargs[flag] = getattr(args, flag)
-    env_kwargs.update(memory=args.memory, device=args.device)
+    options = parse_options(args.env_option)
+    env_kwargs.update(options, memory=args.memory, device=args.device)
     eval_kwargs = dict(env_kwargs, room_seeds=EVAL_ROOM_SEEDS)
     env_kwargs["room_seeds"] = TRAIN_ROOM_SEEDS
     num_envs = args.num_envs or params.pop("n_envs", 8)
@@ -130,10 +138,14 @@ def main() -> None:
     if args.batch_size:
         params["batch_size"] = args.batch_size
 
-    run = args.logdir / f"{args.env}_{Path(str(args.generator)).name}_seed{args.seed}"
+    run = args.logdir / train_run_name(args.env, args.generator, args.seed, options)
     if args.resume and (run / "final_model.zip").is_file():
         print(f"{run / 'final_model.zip'} exists: the run is finished (--resume does nothing)")
         return
+    run.mkdir(parents=True, exist_ok=True)
+    settings = {"env": args.env, "generator": str(args.generator), "seed": args.seed, "total_timesteps": total,
+                "num_envs": num_envs, "env_kwargs": env_kwargs, "wrapper_kwargs": wrapper_kwargs, "ppo": params}
+    (run / "settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")  # what this run trains with
     train_env = VecMonitor(make_sb3_env(args.env, num_envs, args.generator, env_kwargs, wrapper_kwargs))
     train_env.seed(args.seed)
     eval_env = VecMonitor(make_sb3_env(args.env, 1, args.generator, eval_kwargs, wrapper_kwargs))

@@ -385,3 +385,21 @@ def test_dream_to_real_on_a_tiny_budget(tmp_path):
     again = dream_to_real("MirageRoom-v0", tmp_path / "d2r", generator="oracle", timesteps=32, episodes=2,
                           max_episode_steps=4, train_args=train, n_boot=50, threads=1, progress=None)
     assert again["normalised"] == result["normalised"]
+
+
+def test_dream_to_real_world_options_reach_the_dream_run_only(tmp_path):
+    """physics=generated is the world model's: the dream run trains under it, the truth run and the scoring do not."""
+    train = ["--num-envs", "2", "--n-steps", "8", "--batch-size", "16", "--resolution", "48", "--eval-freq",
+             "1000000", "--checkpoint-freq", "16"]
+    result = dream_to_real("MirageRoom-v0", tmp_path / "d2r", generator="oracle", timesteps=16, episodes=2,
+                           max_episode_steps=4, train_args=train, world_kwargs={"physics": "generated"}, n_boot=20,
+                           threads=1, progress=None)
+    dream, truth = Path(result["models"]["dream"]), Path(result["models"]["truth"])
+    assert dream.parent.name == "MirageRoom-v0_oracle_seed0_physics-generated" and dream.is_file()
+    assert truth.parent.name == "MirageRoom-v0_oracle_seed0" and truth.is_file()
+    settings = {role: json.loads((path.parent / "settings.json").read_text()) for role, path in
+                (("dream", dream), ("truth", truth))}
+    assert settings["dream"]["env_kwargs"]["physics"] == "generated"
+    assert "physics" not in settings["truth"]["env_kwargs"]
+    assert result["exploration_metric"] == "coverage"  # scored in the house, under the house's physics
+    assert "physics=generated" in result["table"]

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mirage_gym.eval.rl import train_run_name
+
 ZOO = Path(__file__).resolve().parent
 TRAIN = ZOO.parent / "train_ppo.py"
 
@@ -77,7 +79,7 @@ def main() -> int:
         if args.dry_run:
             continue
         subprocess.run(cmd, check=True, cwd=TRAIN.parent)
-        run = args.logdir / f"{args.env}_{Path(generator).name}_seed{args.seed}"
+        run = args.logdir / train_run_name(args.env, generator, args.seed)
         dest.mkdir(parents=True, exist_ok=True)
         for steps, target in targets.items():
             source = run / "final_model.zip" if steps == args.timesteps else checkpoint_near(run, steps)

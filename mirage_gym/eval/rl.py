@@ -531,9 +531,10 @@ def _hyperparams(env_id: str, path: Path) -> dict[str, Any]:
     return dict(entries[env_id])
 
 
-def _train_run(env_id: str, generator: str, seed: int, logdir: Path) -> Path:
-    """The run folder agents/train_ppo.py makes (its naming)."""
-    return logdir / f"{env_id}_{Path(str(generator)).name}_seed{seed}"
+def train_run_name(env_id: str, generator: str, seed: int, env_options: dict[str, Any] | None = None) -> str:
+    """The run folder name of agents/train_ppo.py: env, generator, seed and each non-default env option."""
+    options = "".join(f"_{key}-{value}" for key, value in sorted((env_options or {}).items()))
+    return f"{env_id}_{Path(str(generator)).name}_seed{seed}{options}"
 
 
 def dream_to_real(
@@ -550,6 +551,7 @@ def dream_to_real(
     dream_model: str | os.PathLike | None = None,
     truth_model: str | os.PathLike | None = None,
     eval_kwargs: dict[str, Any] | None = None,
+    world_kwargs: dict[str, Any] | None = None,
     n_boot: int = 1000,
     threads: int = 2,
     agents_dir: str | os.PathLike | None = None,
@@ -561,7 +563,9 @@ def dream_to_real(
     Both runs use ``agents/train_ppo.py`` with the same ``timesteps``, ``seed``, hyperparameters
     (``agents/hyperparams.yml``) and ``train_args``; only ``--generator`` differs (``generator`` vs
     ``oracle``). Each run is skipped when its ``final_model.zip`` exists (or replaced by ``dream_model`` /
-    ``truth_model``: then the caller vouches for equal budgets). The final models (not EvalCallback's
+    ``truth_model``: then the caller vouches for equal budgets). ``world_kwargs`` are ``gym.make`` options
+    of the world-model env only (``physics="generated"``: the dream PPO also meets the generated
+    world's walls); the ground-truth run and the scoring keep the house's. The final models (not EvalCallback's
     "best", which is picked on held-out rooms) and a random policy then run the same ``episodes``
     held-out episodes in the ground-truth env (resumable, ``OUT/eval``), and
     ``normalised = (dream - random) / (truth - random)`` for return, exploration (coverage, or
@@ -599,16 +603,20 @@ def dream_to_real(
     config.validate()
 
     models = {}
-    for role, gen, given in (("dream", generator, dream_model), ("truth", "oracle", truth_model)):
+    world_kwargs = dict(world_kwargs or {})
+    for role, gen, given, options in (("dream", generator, dream_model, world_kwargs),
+                                      ("truth", "oracle", truth_model, {})):
         if given is not None:
             models[role] = Path(given)
             continue
         logdir = out / "train" / role
-        final = _train_run(env_id, gen, seed, logdir) / "final_model.zip"
+        final = logdir / train_run_name(env_id, gen, seed, options) / "final_model.zip"
         if not final.is_file():
             cmd = [python, str(script), "--env", env_id, "--generator", str(gen), "--total-timesteps", str(timesteps),
                    "--seed", str(seed), "--logdir", str(logdir), "--video-freq", "0", "--threads", str(threads),
                    "--resume", *train_args]
+            for key, value in options.items():
+                cmd += ["--env-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
             if progress:
                 progress(f"training {role} PPO ({timesteps} steps on generator {gen}): {' '.join(cmd)}")
             subprocess.run(cmd, check=True, cwd=agents)
@@ -633,7 +641,8 @@ def dream_to_real(
                                                 if finite else [None, None]),
                          "random": float(eps["random"].mean()), "dream": float(eps["ppo_dream"].mean()),
                          "truth": float(eps["ppo_truth"].mean())}
-    result = {"env_id": env_id, "generator": str(generator), "timesteps": timesteps, "train_seed": seed,
+    result = {"env_id": env_id, "generator": str(generator), "world_kwargs": world_kwargs, "timesteps": timesteps,
+              "train_seed": seed,
               "train_args": train_args, "models": {k: str(v) for k, v in models.items()},
               "exploration_metric": explore,
               "model_sha256": {k: p.sha256 for k, p in zip(("dream", "truth"), policies[1:], strict=True)},
@@ -650,8 +659,9 @@ def _normalised(random: np.ndarray, dream: np.ndarray, truth: np.ndarray) -> flo
 
 
 def transfer_table(result: dict[str, Any]) -> str:
+    world = "".join(f", {key}={value}" for key, value in result.get("world_kwargs", {}).items())
     lines = [f"Dream-to-real, {result['env_id']}: PPO trained {result['timesteps']} steps on "
-             f"`{result['generator']}` vs the same budget on `oracle`, scored on the ground truth", "",
+             f"`{result['generator']}`{world} vs the same budget on `oracle`, scored on the ground truth", "",
              "| metric | random | PPO trained on truth | PPO trained in the world model | normalised [95% CI] |",
              "|---|---|---|---|---|"]
     for m, entry in result["normalised"].items():
@@ -663,7 +673,7 @@ def transfer_table(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     """``KEY=VALUE`` pairs, the values read as JSON where they parse (numbers, true/false), else strings."""
     options: dict[str, Any] = {}
     for pair in pairs or ():
@@ -718,7 +728,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     overrides: dict[str, Any] = dict(env_id=args.env, seed=args.seed, first_room=args.first_room, chunk=args.chunk,
                                      memory=args.memory, device=args.device,
-                                     world_kwargs=_options(args.world_option), truth_kwargs=_options(args.truth_option))
+                                     world_kwargs=parse_options(args.world_option), truth_kwargs=parse_options(args.truth_option))
     for key, value in (("episodes", args.episodes), ("resolution", args.resolution),
                        ("max_episode_steps", args.max_episode_steps), ("n_boot", args.bootstrap)):
         if value is not None:
@@ -759,6 +769,9 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-episode-steps", type=int, default=None, help="training and evaluation episode length")
     parser.add_argument("--dream-model", default=None, help="an already trained world-model PPO zip (skip training)")
     parser.add_argument("--truth-model", default=None, help="an already trained ground-truth PPO zip (same budget)")
+    parser.add_argument("--world-option", action="append", metavar="KEY=VALUE",
+                        help="extra gym.make option of the world-model env the dream PPO trains in (repeatable, e.g. "
+                             "physics=generated); the ground-truth run and the scoring keep the house's")
     parser.add_argument("--eval-option", action="append", metavar="KEY=VALUE",
                         help="extra gym.make option of the ground-truth env the policies are scored in (repeatable)")
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -773,7 +786,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     result = dream_to_real(args.env, args.out, generator=args.generator, timesteps=args.timesteps, seed=args.seed,
                            episodes=args.episodes, eval_seed=args.eval_seed, max_episode_steps=args.max_episode_steps,
                            train_args=args.train_arg, dream_model=args.dream_model, truth_model=args.truth_model,
-                           eval_kwargs=_options(args.eval_option), n_boot=args.bootstrap, threads=args.threads,
+                           eval_kwargs=parse_options(args.eval_option),
+                           world_kwargs=parse_options(args.world_option), n_boot=args.bootstrap, threads=args.threads,
                            agents_dir=args.agents_dir, progress=lambda s: print(s, flush=True))
     from mirage_gym.provenance import write_results
 

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from mirage_gym.memory.latent_cache import INTERPOLATIONS
 from mirage_gym.model import DepthHead, MirageGenerator, VideoVAE
 from mirage_gym.model.transformer import build_transformer
 from mirage_gym.model.vae import build_autoencoder
@@ -186,6 +187,7 @@ class MemoryConfig:
 
     voxel_size: float  # metres per voxel of the hashed store
     capacity: int  # voxels kept per scene
+    interpolation: str = "nearest"  # how a read places tokens in a moved view: "nearest" cell or "bilinear"
 
 
 @dataclass(frozen=True)
@@ -484,6 +486,9 @@ def _check(config: Config, source: str) -> None:
 
     for key in ("resolution", "chunk_frames", "context_frames"):
         positive(getattr(model, key), f"model.{key}")
+    if model.memory.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"{source}: model.memory.interpolation must be one of {INTERPOLATIONS}, got "
+                         f"{model.memory.interpolation!r}")
     if model.vae is not None:
         problems = model.vae.problems()
         if problems:
@@ -599,5 +604,6 @@ def build_generator(
         transformer, vae, depth_head, scheduler, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
         num_inference_steps=sampling.num_inference_steps, shift=shift,
         voxel_size=model.memory.voxel_size, cache_capacity=model.memory.capacity,
+        cache_interpolation=model.memory.interpolation,
         context_frames=model.context_frames, cache_guidance=sampling.cache_guidance,
     )

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mirage_gym.config import CONFIG_DIR, Config, build_generator, config_from_dict, load_config
+from mirage_gym.geometry import intrinsics_from_fov
 
 TESTS = Path(__file__).parent / "configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.json")) + sorted(TESTS.glob("*.json"))
@@ -44,6 +46,10 @@ def test_unknown_and_missing_keys_name_the_file_and_the_key(tmp_path):
     data = load_config("default").to_dict()
     data["model"]["memory"]["capacity"] = "x"
     with pytest.raises(ValueError, match=f"{path}: model.memory.capacity must be int, got 'x'"):
+        load_config(_write(tmp_path, data))
+    data = load_config("default").to_dict()
+    data["model"]["memory"]["interpolation"] = "cubic"
+    with pytest.raises(ValueError, match=f"{path}: model.memory.interpolation must be one of"):
         load_config(_write(tmp_path, data))
     data = load_config("default").to_dict()
     data["training"]["data"]["train_room_seeds"] = [0, 2_000_000]
@@ -79,6 +85,11 @@ def test_build_generator_keeps_every_sampling_and_memory_setting():
     assert generator.num_inference_steps == model.sampling.num_inference_steps
     assert generator.scheduler.config.shift == model.sampling.shift
     assert (generator.voxel_size, generator.cache_capacity) == (model.memory.voxel_size, model.memory.capacity)
+    assert generator.cache_interpolation == model.memory.interpolation
+    bilinear = dataclasses.replace(model, memory=dataclasses.replace(model.memory, interpolation="bilinear"))
+    generator = build_generator(bilinear)
+    generator.start(torch.zeros(1, 128, 128, 3, dtype=torch.uint8), torch.eye(4)[None], intrinsics_from_fov(90.0, 128, 128))
+    assert generator.memory_store.interpolation == "bilinear"
     assert generator.context_frames == model.context_frames
     assert generator.depth_head.config.context_levels == model.depth_head.context_levels
     with pytest.raises(ValueError, match="no 'vae' section"):

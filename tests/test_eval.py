@@ -13,7 +13,9 @@ import torch
 from mirage_gym.cli import main
 from mirage_gym.envs import OracleGenerator
 from mirage_gym.eval import (
+    MOVES,
     EvalConfig,
+    Move,
     camera_control_error,
     evaluate,
     flow_error,
@@ -23,6 +25,7 @@ from mirage_gym.eval import (
     optical_flow,
     relative_pose,
     render_truth,
+    reprojection_ceiling,
     reprojection_error,
     revisit_pairs,
     rollout,
@@ -269,11 +272,31 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     # The generator's autoencoder on held-out frames (64 with --quick).
     autoencoder = data["results"]["autoencoder"]
     assert autoencoder["frames"] == 64 and autoencoder["psnr_worst_decile"] <= autoencoder["psnr"]
+    # The cache's reprojection ceiling (4 held-out views with --quick), each move below the autoencoder's view
+    # of B only by what the read loses.
+    reprojection = data["results"]["reprojection"]
+    assert reprojection["views"] == 4 and set(reprojection["moves"]) <= {m.name for m in MOVES}
+    assert all(math.isfinite(e["nearest"]) and math.isfinite(e["bilinear"]) and 0 < e["covered"] <= 1
+               for e in reprojection["moves"].values())
     table = (out / "eval_table.md").read_text()
     assert "revisit PSNR vs GT dB" in table and "detail new areas" in table and "worst-decile PSNR dB" in table
+    assert "Reprojection ceiling" in table and "| yaw 5 deg |" in table
     assert (out / "eval_metrics.png").stat().st_size > 0 and (out / "eval_fidelity.png").stat().st_size > 0
     assert (out / "provenance.json").is_file() and (out / "eval_table.md").is_file()
     # walk_and_return comes back to its start pose: one strip, ground truth | autoencoder | the four modes.
     strip = cv2.imread(str(out / "strips" / "revisit_strips.png"))
     assert strip is not None and strip.shape[1] == 6 * 2 * RESOLUTION + 5 * 4
     assert len(list((out / "strips").glob("walk_and_return_*.png"))) == 1
+
+
+def test_reprojection_ceiling_is_the_autoencoder_without_a_move():
+    vae = build_tiny_generator().vae
+    moves = (Move("still"), Move("yaw 30 deg", yaw_deg=30.0))
+    result = reprojection_ceiling(vae, resolution=RESOLUTION, fov_deg=90.0, views=2, voxel_size=0.01, moves=moves)
+    still, moved = result["moves"]["still"], result["moves"]["yaw 30 deg"]
+    # Read from its own camera, the cache gives the view's own latents back: both reads are the autoencoder.
+    assert still["nearest"] == pytest.approx(still["autoencoder"], abs=1e-3)
+    assert still["bilinear"] == pytest.approx(still["autoencoder"], abs=1e-3)
+    assert still["pairs"] == moved["pairs"] == 2 and still["covered"] > moved["covered"] > 0
+    with pytest.raises(ValueError, match="views"):
+        reprojection_ceiling(vae, resolution=RESOLUTION, fov_deg=90.0, views=0)

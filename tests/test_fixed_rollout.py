@@ -1,10 +1,13 @@
-"""The shipped default model's observations, bit for bit, along one fixed rollout.
+"""The shipped default model's observations along one fixed rollout, to the last rounding.
 
-``tests/data/default_rollout.npz`` was recorded from the shipped weights before the training
-and environment code was restructured; refactors must leave every frame, depth value and pose
-unchanged. Depth is a float sum whose rounding depends on torch's thread count, so the rollout
-runs on 2 threads, as it was recorded. When new default weights ship, the recording is made
-again from them (``python tests/test_fixed_rollout.py --record``), in the same commit.
+``tests/data/default_rollout.npz`` was recorded from the shipped weights; refactors must leave
+every frame, depth value and pose unchanged. Unchanged means bit for bit on the machine that
+recorded it, and within float rounding elsewhere: another CPU's vector kernels round sums
+differently (seen: one pixel value in 50,000 off by 1, depth off by 3e-6 relative). A change
+of the code moves thousands of pixels by many levels. Depth is a float sum whose rounding also
+depends on torch's thread count, so the rollout runs on 2 threads, as it was recorded. When new
+default weights ship, the recording is made again from them
+(``python tests/test_fixed_rollout.py --record``), in the same commit.
 """
 
 from __future__ import annotations
@@ -41,13 +44,15 @@ def rollout() -> dict[str, np.ndarray]:
     return {key: np.stack([obs[key] for obs in steps]) for key in ("rgb", "depth", "cam_to_world")}
 
 
-def test_default_model_rollout_is_unchanged_bit_for_bit():
+def test_default_model_rollout_is_unchanged():
     expected = np.load(RECORDING)
     got = rollout()
     for key, value in got.items():
         assert value.dtype == expected[key].dtype and value.shape == expected[key].shape, key
-        diff = np.abs(value.astype(np.float64) - expected[key].astype(np.float64)).max()
-        assert np.array_equal(value, expected[key]), f"{key} changed (max abs difference {diff})"
+    assert np.array_equal(got["cam_to_world"], expected["cam_to_world"]), "poses changed"
+    rgb = np.abs(got["rgb"].astype(np.int16) - expected["rgb"].astype(np.int16))
+    assert rgb.max() <= 1 and (rgb > 0).mean() < 1e-3, f"rgb changed ({(rgb > 0).mean():.2%} of values, up to {rgb.max()})"
+    np.testing.assert_allclose(got["depth"], expected["depth"], rtol=1e-5, atol=1e-6, err_msg="depth changed")
 
 
 if __name__ == "__main__" and "--record" in sys.argv:

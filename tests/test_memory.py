@@ -85,6 +85,69 @@ def test_round_trip_is_bit_exact_for_each_view(policy, dtype):
     assert len(cache) == n * H * W
 
 
+# ---------------------------------------------------------- bilinear reads
+def wall_field(cam_to_world: torch.Tensor, k: torch.Tensor = K, h: int = H, w: int = W) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth of the wall x = 3 and a latent that is linear on it: channels (y, z) of the point each cell sees."""
+    depth = room_depth(cam_to_world, k, h, w)
+    points = backproject(depth, k.expand(cam_to_world.shape[0], 3, 3), cam_to_world)
+    return depth, points[..., 1:].permute(0, 3, 1, 2).contiguous()
+
+
+def test_bilinear_read_keeps_the_view_it_was_written_from():
+    cams = poses(3, seed=5)
+    latents = random_latents(3)
+    depth = room_depth(cams)
+    reads = {}
+    for mode in ("nearest", "bilinear"):
+        cache = LatentCache(C, voxel_size=1e-3, num_scenes=3, interpolation=mode)
+        cache.write(latents, depth, cams, K, scene=torch.arange(3))
+        reads[mode] = cache.read(cams, K, H, W, scene=torch.arange(3))
+    assert reads["bilinear"][1].all() and torch.equal(reads["bilinear"][1], reads["nearest"][1])
+    torch.testing.assert_close(reads["bilinear"][0], latents, rtol=1e-5, atol=1e-5)
+
+
+def test_bilinear_read_places_tokens_of_a_moved_view_by_their_sub_cell_position():
+    # A wall whose latent is linear in the wall's coordinates, written from one camera and read from
+    # one moved by a fraction of a cell: the bilinear read recovers the moved view's field where the
+    # nearest read is off by up to half a cell; both cover the same cells.
+    write_pose = front_pose(0.0)
+    read_pose = pose_from_position_yaw_pitch(torch.tensor([[0.0, 0.037, 1.5 - 0.021]]), torch.full((1,), 0.013),
+                                             torch.zeros(1))
+    k = intrinsics_from_fov(40.0, W, H)  # sees the wall x = 3 only: the field is linear over the whole view
+    depth, field = wall_field(write_pose, k)
+    _, expected = wall_field(read_pose, k)
+    errors, masks = {}, {}
+    for mode in ("nearest", "bilinear"):
+        cache = LatentCache(2, voxel_size=1e-3, interpolation=mode)
+        cache.write(field, depth, write_pose, k)
+        out, mask = cache.read(read_pose, k, H, W)
+        inner = mask.clone()
+        inner[:, [0, -1]] = False
+        inner[:, :, [0, -1]] = False  # border cells have tokens on one side only
+        errors[mode] = (out - expected).abs().permute(0, 2, 3, 1)[inner].max()
+        masks[mode] = mask
+    assert torch.equal(masks["nearest"], masks["bilinear"]) and masks["nearest"][0, 1:-1, 1:-1].all()
+    cell = 3.0 / float(k[0, 0])  # metres a cell spans on the wall, 3 m away
+    assert errors["nearest"] > 0.1 * cell
+    assert errors["bilinear"] < 0.02 * cell
+
+
+def test_bilinear_read_does_not_mix_surfaces():
+    # Two planes, one in front of the other: the far plane's tokens must not leak into the near plane's cells.
+    cams = front_pose(0.0)
+    depth = torch.full((1, H, W), 3.0)
+    depth[:, :, : W // 2] = 1.0  # the left half is a near surface
+    latents = torch.zeros(1, 1, H, W)
+    latents[:, :, :, W // 2 :] = 1.0  # far tokens carry 1, near ones 0
+    cache = LatentCache(1, voxel_size=1e-3, interpolation="bilinear", occlusion_margin=None)
+    cache.write(latents, depth, cams, K)
+    for yaw, side in ((0.1, 0.0), (0.0, 0.1)):  # far tokens move into the near surface's cells (a mixing read fails)
+        moved = pose_from_position_yaw_pitch(torch.tensor([[0.0, side, 1.5]]), torch.full((1,), yaw), torch.zeros(1))
+        out, mask, near_depth = cache.read(moved, K, H, W, return_depth=True)
+        near_cells = mask & (near_depth < 2.0)
+        assert near_cells.sum() > H and (out[:, 0][near_cells] == 0).all()
+
+
 def test_round_trip_holds_for_any_depth_without_occlusion_test():
     cams = poses(3, seed=5)
     g = torch.Generator().manual_seed(3)
@@ -271,14 +334,16 @@ def test_nbytes_counts_points_latents_keys_stamps():
 # ----------------------------------------------------------------- save/load
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_save_load_round_trip_is_exact(tmp_path, dtype):
-    cache = LatentCache(C, voxel_size=0.02, capacity=400, num_scenes=2, policy="nearest", dtype=dtype, occlusion_margin=None)
+    cache = LatentCache(C, voxel_size=0.02, capacity=400, num_scenes=2, policy="nearest", dtype=dtype, occlusion_margin=None,
+                        interpolation="bilinear")
     cams = poses(4, seed=2)
     cache.write(random_latents(4).to(dtype), room_depth(cams), cams, K, scene=torch.tensor([0, 1, 1, 0]))
     path = tmp_path / "cache.safetensors"
     cache.save(path)
     loaded = LatentCache.load(path)
     assert_same_state(loaded, snapshot(cache))
-    for attr in ("channels", "voxel_size", "capacity", "num_scenes", "policy", "dtype", "occlusion_margin", "occlusion_neighbors"):
+    for attr in ("channels", "voxel_size", "capacity", "num_scenes", "policy", "dtype", "occlusion_margin", "occlusion_neighbors",
+                 "interpolation"):
         assert getattr(loaded, attr) == getattr(cache, attr)
     # The loaded cache keeps behaving identically, stamps included.
     more = poses(2, seed=9)
@@ -390,6 +455,7 @@ def test_bad_read_raises(name, bad):
         ("num_scenes", dict(num_scenes=0)),
         ("dtype", dict(dtype=torch.int32)),
         ("occlusion_margin", dict(occlusion_margin=-1.0)),
+        ("interpolation", dict(interpolation="bicubic")),
     ],
 )
 def test_bad_configuration_raises(name, kwargs):

@@ -178,7 +178,7 @@ def test_prompt_through_the_folders_text_encoder(tmp_path: Path) -> None:
 def test_lora_save_load_gives_identical_outputs(tmp_path: Path, wan_5b: Path, wan_a14b: Path, a14b: bool) -> None:
     base = wan_a14b if a14b else wan_5b
     size, channels = (32, 16) if a14b else (64, 48)
-    gen = MirageGenerator.from_pretrained(base, num_inference_steps=2, voxel_size=0.1)
+    gen = MirageGenerator.from_pretrained(base, num_inference_steps=2, voxel_size=0.1, cache_interpolation="bilinear")
     for transformer in (gen.transformer, gen.transformer_2):
         if transformer is not None:
             add_lora(transformer, rank=4, ffn=True)
@@ -190,7 +190,7 @@ def test_lora_save_load_gives_identical_outputs(tmp_path: Path, wan_5b: Path, wa
     assert not (out / "transformer").exists()  # only the difference from the base is written
 
     loaded = MirageGenerator.from_pretrained(base, lora=out, num_inference_steps=2)
-    assert loaded.voxel_size == 0.1
+    assert loaded.voxel_size == 0.1 and loaded.cache_interpolation == "bilinear"
     for mine, theirs in ((gen.transformer, loaded.transformer), (gen.transformer_2, loaded.transformer_2)):
         if mine is not None:
             assert torch.equal(flow(mine, channels), flow(theirs, channels))
@@ -359,6 +359,8 @@ def _weights_of(component: str, into: str):
      r"mirage_config\.json: 'cache_capacity' must be an integer >= 1"),
     ("voxel_size -1", lambda f: _edit_json(f / "mirage_config.json", voxel_size=-1),
      r"mirage_config\.json: 'voxel_size' must be a number > 0"),
+    ("cache_interpolation 'cubic'", lambda f: _edit_json(f / "mirage_config.json", cache_interpolation="cubic"),
+     r"mirage_config\.json: 'cache_interpolation' must be one of 'nearest', 'bilinear', got \"cubic\""),
     ("cache_guidance 2", lambda f: _edit_json(f / "mirage_config.json", cache_guidance=2),
      r"mirage_config\.json: 'cache_guidance' must be a number in \[0, 1\]"),
     ("num_inference_steps 2.5", lambda f: _edit_json(f / "mirage_config.json", num_inference_steps=2.5),

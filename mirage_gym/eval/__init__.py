@@ -13,6 +13,7 @@ Command line: ``mirage-gym eval --generator PATH|default|oracle --out DIR [--qui
 * :mod:`~mirage_gym.eval.consistency` -- the metrics on frames with known poses;
 * :mod:`~mirage_gym.eval.trajectories` -- the fixed, seeded paths on held-out rooms;
 * :mod:`~mirage_gym.eval.runner` -- running them in every memory mode, scoring, summarising;
+* :mod:`~mirage_gym.eval.reprojection` -- the ceiling the latent cache puts on a moved view;
 * :mod:`~mirage_gym.eval.report` -- the markdown table and the plots.
 """
 
@@ -27,6 +28,7 @@ from mirage_gym.eval.consistency import (
     revisit_pairs,
 )
 from mirage_gym.eval.report import markdown_table, plot_fidelity, plot_summary
+from mirage_gym.eval.reprojection import MOVES, Move, reprojection_ceiling
 from mirage_gym.eval.runner import METRICS, MODES, EvalConfig, EvalResult, evaluate, render_truth, rollout, score
 from mirage_gym.eval.trajectories import KINDS, EvalTrajectory, eval_trajectories, make_trajectory
 
@@ -37,6 +39,8 @@ __all__ = [
     "KINDS",
     "METRICS",
     "MODES",
+    "MOVES",
+    "Move",
     "camera_control_error",
     "eval_trajectories",
     "evaluate",
@@ -50,6 +54,7 @@ __all__ = [
     "plot_summary",
     "relative_pose",
     "render_truth",
+    "reprojection_ceiling",
     "reprojection_error",
     "revisit_pairs",
     "rollout",

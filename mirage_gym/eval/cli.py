@@ -14,6 +14,7 @@ import torch
 from mirage_gym.eval.report import markdown_table, plot_fidelity, plot_summary, save_strips
 from mirage_gym.eval.runner import MODES, EvalConfig, evaluate
 from mirage_gym.eval.trajectories import KINDS
+from mirage_gym.memory.latent_cache import INTERPOLATIONS
 from mirage_gym.provenance import results_folder, write_results
 from mirage_gym.config import load_config
 
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="frame size (default: the config's)")
     parser.add_argument("--chunk", type=int, default=None, help="frames per chunk (default: the config's)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
+    parser.add_argument("--cache-interpolation", choices=INTERPOLATIONS, default=None,
+                        help="how the cache places tokens in a moved view (default: the model's)")
     parser.add_argument("--cache-guidance", type=float, default=None,
                         help="hold cached cells to the cache while denoising, 0-1 (default: the model's)")
     parser.add_argument("--rewrite-cached", action=argparse.BooleanOptionalAction, default=None,
@@ -39,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="trajectory and noise seed")
     parser.add_argument("--autoencoder-frames", type=int, default=None,
                         help="held-out frames of the autoencoder reconstruction figure (default 256, quick 64; 0: none)")
+    parser.add_argument("--reprojection-views", type=int, default=None,
+                        help="held-out views of the cache's reprojection ceiling (default 12, quick 4; 0: none)")
     parser.add_argument("--device", default="cpu", help="torch device of the generator")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["rooms"] = args.rooms
     if args.autoencoder_frames is not None:
         overrides["autoencoder_frames"] = args.autoencoder_frames
+    if args.reprojection_views is not None:
+        overrides["reprojection_views"] = args.reprojection_views
     config = EvalConfig.quick(**overrides) if args.quick else EvalConfig(**overrides)
     config.validate()
     out = results_folder(args.out)
@@ -71,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(generator, "cache_guidance"):
             raise ValueError(f"--cache-guidance needs a generative model, not {args.generator!r}")
         generator.cache_guidance = args.cache_guidance
+    if args.cache_interpolation is not None:
+        if not hasattr(generator, "cache_interpolation"):
+            raise ValueError(f"--cache-interpolation needs a generative model, not {args.generator!r}")
+        generator.cache_interpolation = args.cache_interpolation
     if args.rewrite_cached is not None:
         if not hasattr(generator, "rewrite_cached"):
             raise ValueError(f"--rewrite-cached needs a generative model, not {args.generator!r}")

@@ -31,6 +31,10 @@ The generated frames and depth are scored with :mod:`mirage_gym.eval.consistency
 With a generator that has an autoencoder, ``EvalResult.autoencoder`` also holds its reconstruction on
 ``autoencoder_frames`` held-out frames (:func:`~mirage_gym.training.vae_stage.held_out_reconstruction`:
 mean and worst-decile PSNR, SSIM, detail ratio, colour kept): the ceiling of every generated frame.
+``EvalResult.reprojection`` holds the ceiling its latent cache adds on a moved view
+(:func:`~mirage_gym.eval.reprojection.reprojection_ceiling`, ``reprojection_views`` held-out views):
+a view read from the cache of a moved one with ground-truth depth and perfect hole filling, per
+interpolation -- what ``fidelity_start_psnr`` could reach with perfect depth and painting.
 
 For every trajectory that comes back to its start pose, ``EvalResult.strips`` keeps a
 :class:`RevisitStrip`: the ground-truth start view, the autoencoder's reconstruction of it and each
@@ -107,17 +111,19 @@ class EvalConfig:
     frame_time: float = 0.25
     seed: int = 0
     autoencoder_frames: int = 256  # held-out frames of the autoencoder's reconstruction figure (0: none)
+    reprojection_views: int = 12  # held-out views of the cache's reprojection ceiling (0: none)
 
     @classmethod
     def quick(cls, **overrides: Any) -> EvalConfig:
         """One room per kind and short paths: a minute or two for the default-sized model on 2 cores."""
         base = dict(rooms=1, chunks={"orbit": 8, "walk_and_return": 6, "look_around": 8, "random_walk": 8},
-                    autoencoder_frames=64)
+                    autoencoder_frames=64, reprojection_views=4)
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:
-        if self.autoencoder_frames < 0:
-            raise ValueError(f"need autoencoder_frames >= 0, got {self.autoencoder_frames}")
+        if self.autoencoder_frames < 0 or self.reprojection_views < 0:
+            raise ValueError(f"need autoencoder_frames >= 0 and reprojection_views >= 0, got "
+                             f"{self.autoencoder_frames}, {self.reprojection_views}")
         if self.resolution < 8 or self.chunk < 1 or self.rooms < 1:
             raise ValueError(f"need resolution >= 8, chunk >= 1, rooms >= 1; got {self.resolution}, {self.chunk}, "
                              f"{self.rooms}")
@@ -331,6 +337,7 @@ class EvalResult:
     rows: list[dict[str, Any]]
     summary: dict[str, dict[str, float]]
     autoencoder: dict[str, float] | None = None  # the generator's autoencoder on held-out frames (None: none)
+    reprojection: dict[str, Any] | None = None  # its latent cache's ceiling on a moved view (None: none)
     strips: list[RevisitStrip] = field(default_factory=list)  # images: not part of the JSON
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,7 +423,8 @@ def evaluate(
         if original is not None:
             generator.set_memory(original)
     return EvalResult(config=asdict(config), generator=name, rows=rows, summary=summarize(rows, modes),
-                      autoencoder=autoencoder_figures(generator, config), strips=strips)
+                      autoencoder=autoencoder_figures(generator, config),
+                      reprojection=reprojection_figures(generator, config), strips=strips)
 
 
 def autoencoder_figures(generator: Generator, config: EvalConfig) -> dict[str, float] | None:
@@ -428,3 +436,14 @@ def autoencoder_figures(generator: Generator, config: EvalConfig) -> dict[str, f
 
     return held_out_reconstruction(vae, resolution=config.resolution, fov_deg=config.fov_deg,
                                    frames=config.autoencoder_frames, seed=config.seed)
+
+
+def reprojection_figures(generator: Generator, config: EvalConfig) -> dict[str, Any] | None:
+    """The ceiling the generator's latent cache puts on a moved view (None without an autoencoder)."""
+    vae = getattr(generator, "vae", None)
+    if generator.renders_ground_truth or vae is None or config.reprojection_views <= 0:
+        return None
+    from mirage_gym.eval.reprojection import reprojection_ceiling
+
+    return reprojection_ceiling(vae, resolution=config.resolution, fov_deg=config.fov_deg,
+                                views=config.reprojection_views, voxel_size=generator.voxel_size, seed=config.seed)

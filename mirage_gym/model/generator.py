@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 from mirage_gym.geometry import scale_intrinsics
 from mirage_gym.memory import LatentCache, PointCloudMemory, TokenFilter, pool_fraction
+from mirage_gym.memory.latent_cache import INTERPOLATIONS
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.pretrained import GENERATOR_SETTINGS, encode_prompt, load_components, save_components
 from mirage_gym.model.transformer import chunk_inputs, input_layout, predict_flow
@@ -141,6 +142,7 @@ class MirageGenerator(nn.Module):
         num_inference_steps: denoising steps per chunk.
         shift: overrides the scheduler's (flow) shift.
         voxel_size, cache_capacity: of the :class:`LatentCache` (``capacity`` per scene).
+        cache_interpolation: the cache's read, ``"nearest"`` or ``"bilinear"`` (:class:`LatentCache`).
         context_frames: clean latent frames of the past that precede each chunk.
         cache_guidance: in ``[0, 1]``, how hard cached cells are held to the cache during
             denoising (see the module docstring); 0 leaves it to the model.
@@ -171,6 +173,7 @@ class MirageGenerator(nn.Module):
         shift: float | None = None,
         voxel_size: float = 0.05,
         cache_capacity: int = 200_000,
+        cache_interpolation: str = "nearest",
         context_frames: int = 2,
         cache_guidance: float = 0.0,
         rewrite_cached: bool = False,
@@ -219,6 +222,8 @@ class MirageGenerator(nn.Module):
             raise ValueError(f"cache_guidance must be in [0, 1], got {cache_guidance}")
         if voxel_size <= 0 or cache_capacity < 1:
             raise ValueError(f"need voxel_size > 0 and cache_capacity >= 1, got {voxel_size} and {cache_capacity}")
+        if cache_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"cache_interpolation must be one of {INTERPOLATIONS}, got {cache_interpolation!r}")
         text_dim = int(transformer.config.text_dim)
         if prompt_embeds is not None:
             if prompt_embeds.dim() == 2:
@@ -240,6 +245,7 @@ class MirageGenerator(nn.Module):
         self.num_inference_steps = num_inference_steps
         self.voxel_size = voxel_size
         self.cache_capacity = cache_capacity
+        self.cache_interpolation = cache_interpolation
         self.context_frames = context_frames
         self.cache_guidance = float(cache_guidance)
         self.rewrite_cached = bool(rewrite_cached)
@@ -408,7 +414,8 @@ class MirageGenerator(nn.Module):
     def _new_store(self, num_scenes: int) -> LatentCache | PointCloudMemory | None:
         if self.memory == "latent":
             return LatentCache(
-                self.latent_channels, self.voxel_size, self.cache_capacity, num_scenes=num_scenes, device=self.device
+                self.latent_channels, self.voxel_size, self.cache_capacity, num_scenes=num_scenes, device=self.device,
+                interpolation=self.cache_interpolation,
             )
         if self.memory == "pixel":
             return PointCloudMemory(device=self.device)

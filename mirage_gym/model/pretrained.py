@@ -51,6 +51,7 @@ from diffusers.loaders import WanLoraLoaderMixin
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from mirage_gym.memory.latent_cache import INTERPOLATIONS
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.transformer import input_layout, restore_widened_patch_embedding, widen_patch_embedding
 from mirage_gym.model.vae import VideoVAE
@@ -79,7 +80,8 @@ FORMAT_FULL, FORMAT_LORA = "mirage", "mirage-lora"
 ADAPTER = "mirage"
 # Generator keyword arguments recorded in mirage_config.json, so a folder reproduces its sampler.
 GENERATOR_SETTINGS = (
-    "memory", "num_inference_steps", "voxel_size", "cache_capacity", "context_frames", "cache_guidance", "rewrite_cached",
+    "memory", "num_inference_steps", "voxel_size", "cache_capacity", "cache_interpolation", "context_frames",
+    "cache_guidance", "rewrite_cached",
 )
 # Transformer config entries that a LoRA and a widened input layer depend on.
 BASE_SIGNATURE = (
@@ -143,6 +145,7 @@ _SETTING_RULES: dict[str, tuple[Any, str]] = {
     "num_inference_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "voxel_size": (lambda v: _is_number(v) and v > 0, "a number > 0 (metres)"),
     "cache_capacity": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (voxels)"),
+    "cache_interpolation": (lambda v: v in INTERPOLATIONS, "one of " + ", ".join(map(repr, INTERPOLATIONS))),
     "context_frames": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "cache_guidance": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "rewrite_cached": (lambda v: isinstance(v, bool), "true or false"),

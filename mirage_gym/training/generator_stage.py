@@ -87,11 +87,13 @@ def make_chunk_batch(
     rng: torch.Generator,
     align: int = 1,
     gt_token_depth: Tensor | None = None,
+    interpolation: str = "nearest",
 ) -> ChunkBatch:
     """Pick a chunk, its context and a cache history in every clip, and read the cache for the chunk.
 
     Args:
         latents: ``[B, C, L, h, w]``; token_depth, keep: ``[B, L, h, w]``; cam_to_world: ``[B, L, 4, 4]``.
+        interpolation: the cache's read (:class:`LatentCache`), as the generator's.
         gt_token_depth: ``[B, L, h, w]`` ground-truth token depth; its chunk frames become the
             batch's ``target_depth`` (no random draw depends on it).
         align: chunks start at multiples of ``align`` latent frames. Clips encoded chunk by chunk
@@ -125,7 +127,8 @@ def make_chunk_batch(
     history = torch.rand(b, n, generator=rng) < p
     history[:, start : start + t] = False
     history[torch.rand(b, generator=rng) < cache_dropout] = False
-    cache = LatentCache(channels=c, voxel_size=voxel_size, capacity=n * h * w, num_scenes=b, device=device)
+    cache = LatentCache(channels=c, voxel_size=voxel_size, capacity=n * h * w, num_scenes=b, device=device,
+                        interpolation=interpolation)
     clip_idx, frame_idx = history.nonzero(as_tuple=True)
     if clip_idx.numel():
         cache.write(
@@ -261,6 +264,7 @@ def flow_matching_stage(
     chunk: int,
     voxel_size: float,
     shift: float,
+    interpolation: str = "nearest",
     align: int = 1,
     val_batch_size: int | None = None,
     param_groups: list[dict[str, Any]] | None = None,
@@ -277,7 +281,7 @@ def flow_matching_stage(
     device = latent_intrinsics.device
     batch_args = dict(
         context_frames=context_frames, chunk=chunk, align=align, voxel_size=voxel_size, cache_dropout=hp.cache_dropout,
-        history_keep=hp.history_keep, context_noise=hp.context_noise,
+        history_keep=hp.history_keep, context_noise=hp.context_noise, interpolation=interpolation,
     )
 
     def batch(source: LatentClips, n: int, rng: torch.Generator) -> ChunkBatch:
@@ -337,7 +341,7 @@ def train_generator(
     stage = flow_matching_stage(
         "generator", {"transformer": transformer}, clips, val, hp, score, latent_intrinsics=latent_k,
         context_frames=model.context_frames, chunk=model.chunk_frames, voxel_size=model.memory.voxel_size,
-        shift=shift, val_batch_size=4 * hp.batch_size, gt_depth=with_depth,
+        interpolation=model.memory.interpolation, shift=shift, val_batch_size=4 * hp.batch_size, gt_depth=with_depth,
     )
     fitted = fit(stage, hp, out, config=config, run=run)
     # Stage 1 may have gone on refining its decoder and depth head on the frozen encoder while

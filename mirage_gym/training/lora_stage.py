@@ -397,7 +397,7 @@ def train_lora(
     stage = flow_matching_stage(
         "lora", {"lora": trainable}, clips, val, hp, score, latent_intrinsics=latent_k,
         context_frames=config.model.context_frames, chunk=t, align=t, voxel_size=config.model.memory.voxel_size,
-        shift=shift, val_batch_size=2 * hp.batch_size, param_groups=groups,
+        interpolation=config.model.memory.interpolation, shift=shift, val_batch_size=2 * hp.batch_size, param_groups=groups,
     )
     stage.base_modules = tuple(experts)
     fitted = fit(stage, hp, out, config=config, run=run)  # leaves them in eval mode

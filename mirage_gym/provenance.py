@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["collect", "results_folder", "write_results", "file_sha256", "folder_hashes"]
+__all__ = ["collect", "results_folder", "write_results", "file_sha256", "folder_hashes", "generator_identity"]
 
 MODEL_FILES = (".safetensors", ".json")  # what the loaders read from a model folder
 SKIPPED_FOLDERS = ("text_encoder", "tokenizer")  # read only to encode a prompt, which no step of a rollout does
@@ -49,6 +49,42 @@ def folder_hashes(folder: Path, prefix: str = "") -> dict[str, str]:
         if path.is_file() and path.suffix in MODEL_FILES and relative.parts[0] not in SKIPPED_FOLDERS:
             hashes[prefix + relative.as_posix()] = file_sha256(path)
     return hashes
+
+
+def generator_identity(generator: str | Path, *, physics: Any = None) -> dict[str, Any]:
+    """What decides a generator's output, as a dataset records it: the SHA-256 of each weight and config file.
+
+    ``"default"``: the shipped weights' files and the package version; a folder: its files (a
+    Mirage LoRA folder also its base's, under ``base_model/``); ``"oracle"``: the renderer, no
+    files. ``physics`` (the env's ``physics=`` setting) is recorded when given.
+    """
+    from mirage_gym import __version__
+    from mirage_gym.envs.generators import default_weights_path
+    from mirage_gym.model.pretrained import MIRAGE_CONFIG
+
+    spec = str(generator)
+    identity: dict[str, Any] = {"generator": spec}
+    if spec == "oracle":
+        identity["files"] = {}
+    else:
+        folder = default_weights_path() if spec == "default" else Path(spec)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"generator folder {folder} does not exist (or use 'default' or 'oracle')")
+        files = folder_hashes(folder)
+        if not files:
+            raise FileNotFoundError(f"generator folder {folder} holds no weight or config files")
+        try:
+            base = json.loads((folder / MIRAGE_CONFIG).read_text()).get("base_model")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        if isinstance(base, str) and base and Path(base).is_dir():
+            files.update(folder_hashes(Path(base), prefix="base_model/"))
+        identity["files"] = files
+        if spec == "default":
+            identity["package_version"] = __version__
+    if physics is not None:
+        identity["physics"] = physics
+    return identity
 
 
 def _package_version(name: str) -> str | None:

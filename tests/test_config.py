@@ -66,11 +66,11 @@ def test_an_old_flat_config_reads_with_what_to_rename(tmp_path):
     training = load_config("default").to_dict()["training"]
     old |= {"train_vae": training["vae"], "train_generator": training["generator"],
             "train_depth": {**training["depth"], "head": {"context_levels": 3}}}
-    del old["vae"]["encoder_block_out_channels"]  # an old config missing a key says which
+    encoder = old["vae"].pop("encoder_block_out_channels")  # an old config missing a key says which
     with pytest.warns(FutureWarning, match="chunk -> model.chunk_frames"):
         with pytest.raises(ValueError, match="missing key model.vae.encoder_block_out_channels"):
             load_config(_write(tmp_path, old))
-    old["vae"]["encoder_block_out_channels"] = [32, 32, 32, 32]
+    old["vae"]["encoder_block_out_channels"] = encoder
     with pytest.warns(FutureWarning, match="train_depth.head -> model.depth_head"):
         migrated = load_config(_write(tmp_path, old))
     default = load_config("default")  # the old flat schema had no self-forcing section

@@ -223,6 +223,22 @@ def test_rerun_with_other_settings_in_the_same_folder_is_refused(tmp_path):
     assert len(result["per_policy"]["random"]["truth"]["return"]["episodes"]) == 2
 
 
+def test_a_new_build_of_the_same_model_name_is_another_run(tmp_path):
+    # "default" names whatever weights ship: the run records the model files' SHA-256, so episodes of an
+    # earlier build are never mixed with a new one's.
+    from tiny_generator import save_tiny_generator
+
+    folder = save_tiny_generator(tmp_path / "model")
+    config = RLEvalConfig.quick(world_generator=str(folder))
+    before = config.fingerprint()
+    assert before == RLEvalConfig.quick(world_generator=str(folder)).fingerprint()
+    assert before["models"]["truth"] == {} and before["models"]["world"]
+    weights = next(folder.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    after = config.fingerprint()
+    assert after["models"]["world"] != before["models"]["world"] and after["sides"] == before["sides"]
+
+
 def test_a_killed_run_continues_where_it_stopped(tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "mirage_gym.cli", "eval", "rl", "--quick", "--resolution", "32", "--out", str(out),

@@ -782,7 +782,7 @@ def test_builtin_ablation_candidates_are_the_prototypes_and_build():
     from mirage_gym.training.ablation import CANDIDATES
 
     assert len(CANDIDATES) == 10 and len({c.slug for c in CANDIDATES}) == 10  # the prototype's nine + the choice
-    assert CANDIDATES[-1].vae == load_config("sharp").model.vae  # the design the campaign trains
+    assert CANDIDATES[-1].vae == load_config("default").model.vae  # the design the campaign trained: the shipped one
     assert sorted({c.vae.spatial_factor for c in CANDIDATES}) == [4, 8]
     for candidate in CANDIDATES:
         assert candidate.vae.problems() == [], candidate.name

@@ -45,7 +45,7 @@ from mirage_gym.data.minari_writer import (
 )
 from mirage_gym.data.rollout import Episode, EpisodeRunner
 from mirage_gym.envs import ENV_IDS
-from mirage_gym.provenance import folder_hashes
+from mirage_gym.provenance import generator_identity
 
 __all__ = ["BACKENDS", "CollectResult", "add_arguments", "collect", "default_dataset_id", "generator_identity",
            "run"]
@@ -229,42 +229,6 @@ def _stored_chunk(writer: DatasetWriter) -> int:
     from minari.serialization import deserialize_space
 
     return int(deserialize_space(text)["rgb"].shape[0])
-
-
-def generator_identity(generator: str | Path, *, physics: Any = None) -> dict[str, Any]:
-    """What decides a generator's output, as a dataset records it: the SHA-256 of each weight and config file.
-
-    ``"default"``: the shipped weights' files and the package version; a folder: its files (a
-    Mirage LoRA folder also its base's, under ``base_model/``); ``"oracle"``: the renderer, no
-    files. ``physics`` (the env's ``physics=`` setting) is recorded when given.
-    """
-    from mirage_gym import __version__
-    from mirage_gym.envs.generators import default_weights_path
-    from mirage_gym.model.pretrained import MIRAGE_CONFIG
-
-    spec = str(generator)
-    identity: dict[str, Any] = {"generator": spec}
-    if spec == "oracle":
-        identity["files"] = {}
-    else:
-        folder = default_weights_path() if spec == "default" else Path(spec)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"generator folder {folder} does not exist (or use 'default' or 'oracle')")
-        files = folder_hashes(folder)
-        if not files:
-            raise FileNotFoundError(f"generator folder {folder} holds no weight or config files")
-        try:
-            base = json.loads((folder / MIRAGE_CONFIG).read_text()).get("base_model")
-        except (OSError, ValueError, AttributeError):
-            base = None
-        if isinstance(base, str) and base and Path(base).is_dir():
-            files.update(folder_hashes(Path(base), prefix="base_model/"))
-        identity["files"] = files
-        if spec == "default":
-            identity["package_version"] = __version__
-    if physics is not None:
-        identity["physics"] = physics
-    return identity
 
 
 def _model_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

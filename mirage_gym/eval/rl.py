@@ -149,9 +149,14 @@ class RLEvalConfig:
         return "explored_m2" if generated else "coverage"
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings an episode's result depends on (not how many episodes or resamples)."""
+        """The settings an episode's result depends on (not how many episodes or resamples), the models by the
+        SHA-256 of their files: a new build of ``"default"`` is another run."""
+        from mirage_gym.provenance import generator_identity
+
+        generators = {"world": self.world_generator, "truth": self.truth_generator}
         return {"env_id": self.env_id, "seed": self.seed, "first_room": self.first_room,
-                "sides": {side: self.env_kwargs(side) for side in SIDES}}
+                "sides": {side: self.env_kwargs(side) for side in SIDES},
+                "models": {side: generator_identity(generators[side])["files"] for side in SIDES}}
 
     def episode(self, k: int) -> tuple[int, int]:
         """(room seed, reset seed) of episode k."""

@@ -110,7 +110,7 @@ CANDIDATES = (
     Candidate("f4-c8-d24-bilinear", _vae(4, 8, upsample_fn="bilinear")),
     Candidate("f4-c8-d24+grad", _vae(4, 8), {"grad_weight": 1.0}),
     Candidate("f4-c8-d24+grad+gan", _vae(4, 8), {"grad_weight": 1.0, "gan_weight": 0.05, "gan_start": 0.3}),
-    # The two best of the nine together: the design of configs/sharp.json.
+    # The two best of the nine together: the design the sharp campaign trained (configs/default.json now).
     Candidate("f4-c12-d24-deep-low-res (sharp)", _vae(4, 12, num_decoder_blocks=(6, 4, 1))),
 )
 

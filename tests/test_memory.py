@@ -86,7 +86,9 @@ def test_round_trip_is_bit_exact_for_each_view(policy, dtype):
 
 
 # ---------------------------------------------------------- bilinear reads
-def wall_field(cam_to_world: torch.Tensor, k: torch.Tensor = K, h: int = H, w: int = W) -> tuple[torch.Tensor, torch.Tensor]:
+def wall_field(
+    cam_to_world: torch.Tensor, k: torch.Tensor = K, h: int = H, w: int = W
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Depth of the wall x = 3 and a latent that is linear on it: channels (y, z) of the point each cell sees."""
     depth = room_depth(cam_to_world, k, h, w)
     points = backproject(depth, k.expand(cam_to_world.shape[0], 3, 3), cam_to_world)

@@ -42,9 +42,10 @@ def markdown_table(result: EvalResult) -> str:
                   f"{_fmt(ae['detail_ratio'])} | {_fmt(ae['chroma_ratio'])} |"]
     if result.reprojection:
         rp = result.reprojection
-        lines += ["", f"Reprojection ceiling on {rp['views']} held-out views: a view read from the cache of a moved one "
-                  "with ground-truth depth, empty cells given the view's own encoding, PSNR dB on the covered pixels:",
-                  "", "| move | autoencoder | nearest read | bilinear read | covered | pairs |", "|---|---|---|---|---|---|"]
+        lines += ["", f"Reprojection ceiling on {rp['views']} held-out views: a view read from the cache of a moved "
+                  "one with ground-truth depth, empty cells given the view's own encoding, PSNR dB on the covered "
+                  "pixels:", "", "| move | autoencoder | nearest read | bilinear read | covered | pairs |",
+                  "|---|---|---|---|---|---|"]
         for name, entry in rp["moves"].items():
             lines.append(f"| {name} | {_fmt(entry['autoencoder'])} | {_fmt(entry['nearest'])} | "
                          f"{_fmt(entry['bilinear'])} | {_fmt(entry['covered'])} | {entry['pairs']} |")

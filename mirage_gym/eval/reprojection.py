@@ -21,7 +21,9 @@ import torch
 from torch import Tensor
 
 from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
-from mirage_gym.geometry import intrinsics_from_fov, pose_from_position_yaw_pitch, position_yaw_pitch_from_pose, scale_intrinsics
+from mirage_gym.geometry import (
+    intrinsics_from_fov, pose_from_position_yaw_pitch, position_yaw_pitch_from_pose, scale_intrinsics,
+)
 from mirage_gym.memory.latent_cache import INTERPOLATIONS, LatentCache
 from mirage_gym.model.vae import VideoVAE
 

@@ -220,7 +220,8 @@ class LatentCache:
     def __repr__(self) -> str:
         return (
             f"LatentCache(channels={self.channels}, voxel_size={self.voxel_size}, capacity={self.capacity}, "
-            f"num_scenes={self.num_scenes}, policy={self.policy!r}, interpolation={self.interpolation!r}, tokens={len(self)}, nbytes={self.nbytes})"
+            f"num_scenes={self.num_scenes}, policy={self.policy!r}, interpolation={self.interpolation!r}, "
+            f"tokens={len(self)}, nbytes={self.nbytes})"
         )
 
     # ------------------------------------------------------------------ write
@@ -501,7 +502,8 @@ class LatentCache:
         self, latents: Tensor, uv: Tensor, z: Tensor, index: Tensor, view: Tensor, depth: Tensor, covered: Tensor,
         height: int, width: int,
     ) -> None:
-        """Replace the covered cells of ``latents`` ``[M h w, C]`` by the bilinear mean of the tokens on their surface."""
+        """Replace the covered cells of ``latents`` ``[M h w, C]`` by the bilinear mean of the tokens on their
+        surface."""
         cells_per_view = height * width
         total = torch.zeros_like(latents)
         weight = torch.zeros(latents.shape[0], dtype=latents.dtype, device=self.device)
@@ -516,7 +518,7 @@ class LatentCache:
                 ok &= covered[cell] & (z <= depth[cell] * (1.0 + _SURFACE_TOLERANCE))
                 total.index_add_(0, cell[ok], self._latents[index[ok]] * w[ok, None].to(latents.dtype))
                 weight.index_add_(0, cell[ok], w[ok].to(latents.dtype))
-        # Every covered cell has its winner, at weight > 0 unless it sits on a cell border; those keep the winner.
+        # A covered cell always counts its own winner (weight >= 1/4 in the cell it projects into, at its own depth).
         mean = covered & (weight > 0)
         latents[mean] = total[mean] / weight[mean, None]
 

@@ -65,6 +65,8 @@ def reprojection_ceiling(
 
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
+    if vae.temporal_factor != 1:
+        raise ValueError("the reprojection ceiling needs a per-frame autoencoder (a temporal one encodes clips)")
     device = vae.latents_mean.device
     factor = vae.spatial_factor
     if resolution % factor:

@@ -439,9 +439,10 @@ def autoencoder_figures(generator: Generator, config: EvalConfig) -> dict[str, f
 
 
 def reprojection_figures(generator: Generator, config: EvalConfig) -> dict[str, Any] | None:
-    """The ceiling the generator's latent cache puts on a moved view (None without an autoencoder)."""
+    """The ceiling the generator's latent cache puts on a moved view (None without a per-frame autoencoder: a
+    temporal one, Wan's, encodes clips, not single views)."""
     vae = getattr(generator, "vae", None)
-    if generator.renders_ground_truth or vae is None or config.reprojection_views <= 0:
+    if generator.renders_ground_truth or vae is None or config.reprojection_views <= 0 or vae.temporal_factor != 1:
         return None
     from mirage_gym.eval.reprojection import reprojection_ceiling
 

@@ -96,10 +96,10 @@ def reprojection_ceiling(
         rgb = frames.rgb.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # [-1, 1]
         latents = vae.encode(rgb[None].to(device))[0].transpose(0, 1)  # [1 + moves, C, h, w]
         decoded = {"autoencoder": _decode(vae, latents[1:])}
-        for mode in INTERPOLATIONS:
-            cache = LatentCache(latents.shape[1], voxel_size=voxel_size, capacity=cells * cells, device=device,
-                                interpolation=mode)
-            cache.write(latents[:1], token_depth[:1].to(device), poses[:1].to(device), k_latent)
+        cache = LatentCache(latents.shape[1], voxel_size=voxel_size, capacity=cells * cells, device=device)
+        cache.write(latents[:1], token_depth[:1].to(device), poses[:1].to(device), k_latent)
+        for mode in INTERPOLATIONS:  # one write, read both ways (they cover the same cells)
+            cache.interpolation = mode
             read, mask = cache.read(poses[1:].to(device), k_latent, cells, cells)
             filled = torch.where(mask[:, None], read, latents[1:])  # holes: as a perfect painter would fill them
             decoded[mode] = _decode(vae, filled)

@@ -250,8 +250,11 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _check_run(out: Path, config: RLEvalConfig, policies: Sequence[Policy], done: list[dict[str, Any]]) -> None:
-    fingerprint = json.loads(json.dumps(config.fingerprint()))
+def _check_run(
+    out: Path, config: RLEvalConfig, policies: Sequence[Policy], done: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The run's fingerprint, after checking it and the policies against what ``out`` holds already."""
+    fingerprint = json.loads(json.dumps(config.fingerprint()))  # hashes the model files: once a run
     run = out / RUN
     if run.exists():
         previous = json.loads(run.read_text())
@@ -267,6 +270,7 @@ def _check_run(out: Path, config: RLEvalConfig, policies: Sequence[Policy], done
         if policy.name in known and known[policy.name] != pid:
             raise ValueError(f"{out} holds episodes of another policy named {policy.name!r} ({known[policy.name]}); "
                              f"this one is {pid}. Use another --out or another name.")
+    return fingerprint
 
 
 # --------------------------------------------------------------------------- running
@@ -318,7 +322,7 @@ def evaluate_policies(policies: Sequence[Policy], config: RLEvalConfig, out: str
         raise ValueError(f"--out {out} exists and is not a directory")
     log = out / LOG
     done = _read_log(log)
-    _check_run(out, config, policies, done)
+    fingerprint = _check_run(out, config, policies, done)
 
     # Everything is checked before the first episode: both envs are built, every policy meets their spaces.
     envs = {side: _make_env(config, side) for side in config.sides}
@@ -332,7 +336,7 @@ def evaluate_policies(policies: Sequence[Policy], config: RLEvalConfig, out: str
         raise
     out.mkdir(parents=True, exist_ok=True)
     if not (out / RUN).exists():
-        (out / RUN).write_text(json.dumps(config.fingerprint(), indent=2) + "\n")
+        (out / RUN).write_text(json.dumps(fingerprint, indent=2) + "\n")
 
     finished = {(r["policy"], r["side"], r["episode"]) for r in done}
     explore = config.exploration_metric()

@@ -20,7 +20,9 @@ from mirage_gym.eval import (
     evaluate,
     flow_error,
     induced_flow,
+    eval_trajectories,
     make_trajectory,
+    observed_filter_counts,
     observed_mask,
     optical_flow,
     relative_pose,
@@ -300,3 +302,38 @@ def test_reprojection_ceiling_is_the_autoencoder_without_a_move():
     assert still["pairs"] == moved["pairs"] == 2 and still["covered"] > moved["covered"] > 0
     with pytest.raises(ValueError, match="views"):
         reprojection_ceiling(vae, resolution=RESOLUTION, fov_deg=90.0, views=0)
+
+
+def test_the_memory_filter_is_scored_on_rendered_chunks_with_moving_objects():
+    generator = build_tiny_generator()
+    k = intrinsics_from_fov(90.0, SIZE, SIZE)  # the tiny generator's 8x tokens need the size to cover a box
+    path = eval_trajectories(("random_walk",), 2, CHUNK, {"random_walk": 12}, moving_objects=3, seed=2)[1]
+    truth = render_truth(path, k, SIZE, 0.25)
+    assert not truth.static.all()  # the walk shows its moving boxes
+    counts = observed_filter_counts(generator, path, truth, k, CHUNK)
+    exact = counts["true_depth"]
+    # With the true depth the rule sees the boxes move: it keeps only some of their tokens, and almost every
+    # static token.
+    assert 0 < exact["dynamic_visible"] and exact["dynamic_kept"] < exact["dynamic_visible"]
+    assert 0 < exact["static"] and exact["static_dropped"] < 0.05 * exact["static"]
+    assert counts["model_depth"]["dynamic_visible"] == exact["dynamic_visible"]
+
+    # write_decision is the generator's own filter on the chunk, and changes nothing.
+    generator.start(truth.rgb[:1], path.cam_to_world[:1], k)
+    before = generator.memory_bytes()
+    frames = slice(1, 1 + CHUNK)
+    decision = generator.write_decision(truth.rgb[None, frames], path.cam_to_world[None, frames], k,
+                                        depth=truth.depth[None, frames])
+    direct = generator.token_filter.analyze(truth.rgb[None, frames], truth.depth[None, frames],
+                                            path.cam_to_world[None, frames], k,
+                                            latent_size=(SIZE // 8, SIZE // 8))
+    assert torch.equal(decision.keep, direct.keep) and generator.memory_bytes() == before
+    with pytest.raises(ValueError, match="uint8"):
+        generator.write_decision(truth.rgb[None, frames].float(), path.cam_to_world[None, frames], k)
+    with pytest.raises(ValueError, match="depth must be"):
+        generator.write_decision(truth.rgb[None, frames], path.cam_to_world[None, frames], k,
+                                 depth=truth.depth[None, 1:2])
+
+    # A walk without moving objects gives the filter nothing to be scored on.
+    still = eval_trajectories(("walk_and_return",), 1, CHUNK, {"walk_and_return": 2}, moving_objects=0)[0]
+    assert observed_filter_counts(generator, still, render_truth(still, k, SIZE, 0.25), k, CHUNK) is None

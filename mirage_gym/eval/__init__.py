@@ -29,7 +29,17 @@ from mirage_gym.eval.consistency import (
 )
 from mirage_gym.eval.report import markdown_table, plot_fidelity, plot_summary
 from mirage_gym.eval.reprojection import MOVES, Move, reprojection_ceiling
-from mirage_gym.eval.runner import METRICS, MODES, EvalConfig, EvalResult, evaluate, render_truth, rollout, score
+from mirage_gym.eval.runner import (
+    METRICS,
+    MODES,
+    EvalConfig,
+    EvalResult,
+    evaluate,
+    observed_filter_counts,
+    render_truth,
+    rollout,
+    score,
+)
 from mirage_gym.eval.trajectories import KINDS, EvalTrajectory, eval_trajectories, make_trajectory
 
 __all__ = [
@@ -54,6 +64,7 @@ __all__ = [
     "plot_summary",
     "relative_pose",
     "render_truth",
+    "observed_filter_counts",
     "reprojection_ceiling",
     "reprojection_error",
     "revisit_pairs",

@@ -49,7 +49,20 @@ def markdown_table(result: EvalResult) -> str:
         for name, entry in rp["moves"].items():
             lines.append(f"| {name} | {_fmt(entry['autoencoder'])} | {_fmt(entry['nearest'])} | "
                          f"{_fmt(entry['bilinear'])} | {_fmt(entry['covered'])} | {entry['pairs']} |")
+    if result.observed_filter:
+        of = result.observed_filter
+        lines += ["", f"Memory filter on the rendered chunks of the {of['trajectories']} trajectories with moving "
+                  "objects (frames that show them; the generated rollouts above do not):", "",
+                  "| depth | moving-object tokens kept | static tokens dropped |", "|---|---|---|"]
+        for source, title in (("model_depth", "predicted from the encoding"), ("true_depth", "true")):
+            e = of[source]
+            lines.append(f"| {title} | {_share(e['dynamic_kept'], e['dynamic_visible'])} | "
+                         f"{_share(e['static_dropped'], e['static'])} |")
     return "\n".join(lines)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} / {whole} ({100.0 * part / whole:.1f} %)" if whole else f"{part} / 0"
 
 
 def plot_summary(result: EvalResult, path: str | Path) -> Path:

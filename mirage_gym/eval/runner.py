@@ -24,9 +24,18 @@ The generated frames and depth are scored with :mod:`mirage_gym.eval.consistency
   frames against the ground truth at the same pose (1: as much fine detail, below 1: blur), pooled
   over a rollout's generated frames, on the pixels seen before (where the memory covers the view:
   ``observed``) and on the rest (new areas), static surfaces only. The same pixels in every mode;
-* ``dynamic_tokens_written`` / ``dynamic_tokens_visible`` -- tokens on ground-truth moving
-  objects that the generator handed to its memory (its own record, :attr:`ChunkOutput.written`),
-  out of those in the written frames.
+* ``dynamic_tokens_written`` / ``dynamic_tokens_visible`` -- tokens at ground-truth moving-object
+  pixels that the generator handed to its memory (its own record, :attr:`ChunkOutput.written`),
+  out of those in the written frames. A generated world shows only what its generator paints: it
+  never saw a box that was not in the start view, so what these count is mostly generated static
+  content at the places the box occupies in the house, not the box. Hence the next figure.
+
+``EvalResult.observed_filter`` scores the memory's filter where frames do show the moving objects:
+every chunk of the trajectories with moving objects, rendered, goes through
+:meth:`~mirage_gym.model.MirageGenerator.write_decision` once with the depth the generator predicts
+from its encoding and once with the true depth (the rule's own limit). Counted: tokens on moving
+objects kept (at least half their pixels moving, as above) out of those visible, and static tokens
+(no moving pixel, not empty) dropped out of all static ones. Generators with a per-frame autoencoder only.
 
 With a generator that has an autoencoder, ``EvalResult.autoencoder`` also holds its reconstruction on
 ``autoencoder_frames`` held-out frames (:func:`~mirage_gym.training.vae_stage.held_out_reconstruction`:
@@ -73,7 +82,7 @@ from mirage_gym.model.protocols import Generator
 from mirage_gym.world import Renderer
 
 __all__ = ["MODES", "METRICS", "EvalConfig", "GroundTruth", "Rollout", "render_truth", "rollout", "score", "evaluate",
-           "EvalResult", "RevisitStrip"]
+           "EvalResult", "RevisitStrip", "observed_filter_counts"]
 
 MODES = (*MEMORY_MODES, "oracle")
 # Summary metrics: (key, column title, better is higher).
@@ -191,6 +200,37 @@ def _dynamic_counts(generator: Generator, out: ChunkOutput, static: Tensor) -> t
         stride = generator.vae.temporal_factor
         written, dynamic = written[::stride], dynamic[::stride]
     return int((written & dynamic).sum()), int(dynamic.sum())
+
+
+def observed_filter_counts(generator: Generator, trajectory: EvalTrajectory, truth: GroundTruth,
+                           intrinsics: Tensor, chunk: int) -> dict[str, dict[str, int]] | None:
+    """The memory filter's decisions on the rendered chunks of ``trajectory`` (None: no moving object in it, or a
+    generator without :meth:`~mirage_gym.model.MirageGenerator.write_decision` and a per-frame autoencoder).
+
+    Per depth source (``"model_depth"``: predicted from the encoded chunk; ``"true_depth"``): tokens on moving
+    objects kept / visible and static tokens dropped / all static ones.
+    """
+    vae = getattr(generator, "vae", None)
+    if (truth.static.all() or vae is None or vae.temporal_factor != 1
+            or not callable(getattr(generator, "write_decision", None))):
+        return None
+    counts = {source: dict.fromkeys(("dynamic_kept", "dynamic_visible", "static_dropped", "static"), 0)
+              for source in ("model_depth", "true_depth")}
+    poses = trajectory.cam_to_world
+    for c in range((poses.shape[0] - 1) // chunk):
+        frames = slice(1 + c * chunk, 1 + (c + 1) * chunk)
+        moving = (~truth.static[frames]).float()
+        for source, depth in (("model_depth", None), ("true_depth", truth.depth[None, frames])):
+            decision = generator.write_decision(truth.rgb[None, frames], poses[None, frames], intrinsics, depth=depth)
+            keep, empty = decision.keep[0].cpu(), decision.empty[0].cpu()
+            share = pool_fraction(moving, tuple(keep.shape[-2:]))
+            dynamic, static = share >= 0.5, (share == 0) & ~empty
+            entry = counts[source]
+            entry["dynamic_kept"] += int((keep & dynamic).sum())
+            entry["dynamic_visible"] += int(dynamic.sum())
+            entry["static_dropped"] += int((~keep & static).sum())
+            entry["static"] += int(static.sum())
+    return counts
 
 
 def rollout(
@@ -338,6 +378,7 @@ class EvalResult:
     summary: dict[str, dict[str, float]]
     autoencoder: dict[str, float] | None = None  # the generator's autoencoder on held-out frames (None: none)
     reprojection: dict[str, Any] | None = None  # its latent cache's ceiling on a moved view (None: none)
+    observed_filter: dict[str, Any] | None = None  # its memory filter on rendered chunks with moving objects
     strips: list[RevisitStrip] = field(default_factory=list)  # images: not part of the JSON
 
     def to_dict(self) -> dict[str, Any]:
@@ -401,11 +442,13 @@ def evaluate(
                               moving_objects=config.moving_objects, seed=config.seed)
     oracle = generator if generator.renders_ground_truth else OracleGenerator(frame_time=config.frame_time)
     original = None if generator.renders_ground_truth else generator.memory
-    rows, strips = [], []
+    rows, strips, observed = [], [], []
     bar = tqdm(total=len(paths) * len(modes), desc="eval", disable=not progress, dynamic_ncols=True)
     try:
         for path in paths:
             truth = render_truth(path, k, config.resolution, config.frame_time)
+            if not generator.renders_ground_truth:
+                observed.append(observed_filter_counts(generator, path, truth, k, config.chunk))
             runs = []
             for mode in modes:
                 bar.set_postfix_str(f"{path.name} {mode}")
@@ -424,7 +467,15 @@ def evaluate(
             generator.set_memory(original)
     return EvalResult(config=asdict(config), generator=name, rows=rows, summary=summarize(rows, modes),
                       autoencoder=autoencoder_figures(generator, config),
-                      reprojection=reprojection_figures(generator, config), strips=strips)
+                      reprojection=reprojection_figures(generator, config),
+                      observed_filter=_sum_counts([c for c in observed if c is not None]), strips=strips)
+
+
+def _sum_counts(counts: list[dict[str, dict[str, int]]]) -> dict[str, Any] | None:
+    if not counts:
+        return None
+    total = {source: {key: sum(c[source][key] for c in counts) for key in counts[0][source]} for source in counts[0]}
+    return {"trajectories": len(counts), **total}
 
 
 def autoencoder_figures(generator: Generator, config: EvalConfig) -> dict[str, float] | None:

@@ -60,7 +60,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from mirage_gym.geometry import scale_intrinsics
-from mirage_gym.memory import LatentCache, PointCloudMemory, TokenFilter, pool_fraction
+from mirage_gym.memory import FilterResult, LatentCache, PointCloudMemory, TokenFilter, pool_fraction
 from mirage_gym.memory.latent_cache import INTERPOLATIONS
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.pretrained import GENERATOR_SETTINGS, encode_prompt, load_components, save_components
@@ -612,6 +612,39 @@ class MirageGenerator(nn.Module):
         coverage = pool_fraction(pixel_mask.unflatten(0, (b, n))[:, ::f], (h, w))
         timer.lap("encode")
         return latents, coverage >= 0.5
+
+    @torch.no_grad()
+    def write_decision(
+        self, images: Tensor, cam_to_world: Tensor, intrinsics: Tensor, depth: Tensor | None = None
+    ) -> FilterResult:
+        """What the memory would take from a chunk showing ``images``: the token filter's decision; changes nothing.
+
+        The chunk is encoded and its depth predicted by the depth head, as for a generated chunk
+        (or ``depth`` ``[B, T, H, W]`` metres is used instead, e.g. the ground truth, to tell the
+        filter's rule from the depth it is given), then :meth:`TokenFilter.analyze` runs on it. This is
+        how moving objects are kept out of the memory when frames do show them (a generated world
+        only shows what its generator paints; ``mirage-gym eval`` scores the filter on rendered chunks).
+
+        Args:
+            images: ``[B, T, H, W, 3]`` uint8 frames of one chunk per scene.
+            cam_to_world: ``[B, T, 4, 4]`` their poses.
+            intrinsics: ``[3, 3]`` the pixel camera.
+            depth: optional ``[B, T, H, W]`` depth replacing the predicted one.
+        """
+        if images.dim() != 5 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 [B, T, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+        b, n, height, width = images.shape[:4]
+        self._check_pose("cam_to_world", cam_to_world, (b, n, 4, 4))
+        self._check_pose("intrinsics", intrinsics, (3, 3))
+        h, w = self._latent_grid(height, width)
+        if depth is None:
+            _, latent_depth = self._depth(self._encode_images(images))
+            owner = (torch.arange(n, device=self.device) + self.vae.temporal_factor - 1) // self.vae.temporal_factor
+            depth = latent_depth[:, owner]
+        elif tuple(depth.shape) != (b, n, height, width):
+            raise ValueError(f"depth must be [{b}, {n}, {height}, {width}], got {tuple(depth.shape)}")
+        return self.token_filter.analyze(images.to(self.device), depth.to(self.device), cam_to_world.to(self.device),
+                                         intrinsics.to(self.device), latent_size=(h, w))
 
     @torch.no_grad()
     def conditioning(self, cam_to_world: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -188,6 +188,7 @@ class MemoryConfig:
     voxel_size: float  # metres per voxel of the hashed store
     capacity: int  # voxels kept per scene
     interpolation: str = "nearest"  # how a read places tokens in a moved view: "nearest" cell or "bilinear"
+    observed_margin: float | None = None  # keep generated tokens out of the start frames' observed space (None: off)
 
 
 @dataclass(frozen=True)
@@ -489,6 +490,9 @@ def _check(config: Config, source: str) -> None:
     if model.memory.interpolation not in INTERPOLATIONS:
         raise ValueError(f"{source}: model.memory.interpolation must be one of {INTERPOLATIONS}, got "
                          f"{model.memory.interpolation!r}")
+    margin = model.memory.observed_margin
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
+        raise ValueError(f"{source}: model.memory.observed_margin must be a number >= 0 or null, got {margin!r}")
     if model.vae is not None:
         problems = model.vae.problems()
         if problems:
@@ -604,6 +608,6 @@ def build_generator(
         transformer, vae, depth_head, scheduler, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
         num_inference_steps=sampling.num_inference_steps, shift=shift,
         voxel_size=model.memory.voxel_size, cache_capacity=model.memory.capacity,
-        cache_interpolation=model.memory.interpolation,
+        cache_interpolation=model.memory.interpolation, observed_margin=model.memory.observed_margin,
         context_frames=model.context_frames, cache_guidance=sampling.cache_guidance,
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mirage_gym.geometry import intrinsics_from_fov, pose_from_position_yaw_pitch, scale_intrinsics
-from mirage_gym.memory import LatentCache, TokenFilter, pool_depth, pool_fraction
+from mirage_gym.memory import LatentCache, TokenFilter, observed_space, pool_depth, pool_fraction
 
 S = 128  # frame size
 L = 16  # latent grid size
@@ -370,3 +370,18 @@ def test_the_generator_runs_the_cross_chunk_check_before_writing():
     gen.token_filter = TokenFilter(stride=2)  # off: never called
     gen._store.carve = lambda *a, **kw: (_ for _ in ()).throw(AssertionError("carve called with the check off"))
     gen.step(poses[None, 1 : 1 + CHUNK], generator=torch.Generator().manual_seed(0))
+
+
+def test_observed_space_is_in_front_of_or_on_the_surface_a_frame_saw():
+    pose = static_camera(1)  # looks along +x at a wall 4 m away
+    depth = torch.full((1, S, S), 4.0)
+    # In front of the wall (free space it saw through), on it, just within the margin behind it, beyond the margin,
+    # behind the camera, and outside the image.
+    points = torch.tensor([[1.0, 0.0, 1.5], [4.0, 0.0, 1.5], [4.7, 0.0, 1.5], [5.0, 0.0, 1.5], [-2.0, 0.0, 1.5],
+                           [1.0, 0.0, 9.0]])
+    assert observed_space(points, depth, pose, K, margin=0.2).tolist() == [[True, True, True, False, False, False]]
+    assert observed_space(points, depth, pose, K, margin=0.0).tolist() == [[True, False, False, False, False, False]]
+    depth[0, 60:70, 60:70] = float("nan")  # nothing observed where the ray meets the wall: not settled
+    assert not observed_space(points[:2], depth, pose, K).any()
+    with pytest.raises(ValueError, match="margin"):
+        observed_space(points, depth, pose, K, margin=-0.1)

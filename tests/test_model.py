@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan, AutoencoderTiny, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-from mirage_gym.geometry import intrinsics_from_fov, pose_from_position_yaw_pitch, scale_intrinsics
+from mirage_gym.geometry import backproject, intrinsics_from_fov, pose_from_position_yaw_pitch, scale_intrinsics
+from mirage_gym.memory import observed_space
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.generator import ChunkOutput, MirageGenerator
 from mirage_gym.model.transformer import (
@@ -392,3 +393,31 @@ def test_temporal_vae_chunks() -> None:
     assert all(torch.equal(out.depth[0, j], out.depth[0, 1]) for j in range(2, 5))
     with pytest.raises(ValueError, match="1 \\+ 4k frames"):
         gen.step(chunk_poses(poses, 4), seeds(0))
+
+
+def test_generated_tokens_stay_out_of_the_space_the_start_frame_observed() -> None:
+    images, poses, k = scene_inputs(2)
+    # Half a field of view to the left: the chunk sees part of what the start frame saw, and new space.
+    turned = pose_from_position_yaw_pitch(poses[:, :3, 3], torch.atan2(poses[:, 1, 2], poses[:, 0, 2]) + 0.8,
+                                          torch.zeros(2))
+    chunk = torch.stack([poses, turned], dim=1)
+    written = {}
+    for margin in (None, 0.2):
+        gen = make_generator("latent", rewrite_cached=True, observed_margin=margin)
+        start = gen.start(images, poses, k)
+        out = gen.step(chunk, seeds(0, 1))
+        written[margin] = out.written
+    # The same chunk (the margin changes only what is written), less exactly the tokens in the observed space.
+    token_depth, _ = gen._depth(out.latents)
+    h, w = token_depth.shape[-2:]
+    points = backproject(token_depth.flatten(0, 1), scale_intrinsics(k, 1.0 / gen.vae.spatial_factor),
+                         chunk.flatten(0, 1)).reshape(2, -1, 3)
+    settled = observed_space(points, start.depth[:, 0], poses, k, margin=0.2, max_depth=gen.max_depth)
+    settled = settled.reshape(2, 2, h, w)
+    assert torch.equal(written[0.2], written[None] & ~settled)
+    assert (written[None] & settled).any() and written[0.2].any()  # some withheld, some written
+    # A partial reset replaces that scene's observation only.
+    gen.start(images[:1], turned[:1], k, scenes=[1])
+    assert torch.equal(gen._observed_poses[1], turned[0]) and torch.equal(gen._observed_poses[0], poses[0])
+    with pytest.raises(ValueError, match="observed_margin"):
+        make_generator(observed_margin=-1.0)

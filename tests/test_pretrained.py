@@ -369,6 +369,8 @@ def _weights_of(component: str, into: str):
      r"mirage_config\.json: 'memory' must be one of"),
     ("rewrite_cached 'yes'", lambda f: _edit_json(f / "mirage_config.json", rewrite_cached="yes"),
      r"mirage_config\.json: 'rewrite_cached' must be true or false"),
+    ("observed_margin -0.1", lambda f: _edit_json(f / "mirage_config.json", observed_margin=-0.1),
+     r"mirage_config\.json: 'observed_margin' must be null or a number >= 0, got -0\.1"),
     ("boundary_ratio without transformer_2", lambda f: _edit_json(f / "mirage_config.json", boundary_ratio=0.5),
      r"mirage_config\.json: 'boundary_ratio' must be set exactly when the folder has transformer_2/"),
     ("num_layers 'two'", lambda f: _edit_json(f / "transformer" / "config.json", num_layers="two"),

@@ -19,6 +19,15 @@ from mirage_gym.provenance import results_folder, write_results
 from mirage_gym.config import load_config
 
 
+def _margin(text: str) -> float | str:
+    if text == "off":
+        return text
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or 'off', got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", default="default",
                         help="'default' (shipped weights), 'oracle' (ground truth) or a model folder")
@@ -38,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hold cached cells to the cache while denoising, 0-1 (default: the model's)")
     parser.add_argument("--rewrite-cached", action=argparse.BooleanOptionalAction, default=None,
                         help="write back cells read from the memory too (default: the model's)")
+    parser.add_argument("--observed-margin", type=_margin, default=None, metavar="MARGIN",
+                        help="keep generated tokens out of the start frame's observed space, up to MARGIN (relative "
+                             "depth) behind its surfaces; 'off' writes them there too (default: the model's)")
     parser.add_argument("--moving-objects", type=int, default=2, help="moving boxes in the random-walk rooms")
     parser.add_argument("--seed", type=int, default=0, help="trajectory and noise seed")
     parser.add_argument("--autoencoder-frames", type=int, default=None,
@@ -86,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(generator, "rewrite_cached"):
             raise ValueError(f"--rewrite-cached needs a generative model, not {args.generator!r}")
         generator.rewrite_cached = args.rewrite_cached
+    if args.observed_margin is not None:
+        if not hasattr(generator, "observed_margin"):
+            raise ValueError(f"--observed-margin needs a generative model, not {args.generator!r}")
+        generator.observed_margin = None if args.observed_margin == "off" else args.observed_margin
     name = str(args.generator)
     print(f"evaluating {name} ({type(generator).__name__}) at {config.resolution}x{config.resolution}, chunks of "
           f"{config.chunk}, modes {list(config.modes)}, rooms from the held-out seeds", flush=True)

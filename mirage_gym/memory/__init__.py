@@ -9,7 +9,14 @@
   save/load, which the latent cache has).
 """
 
-from mirage_gym.memory.filter import FilterResult, TokenFilter, pool_depth, pool_fraction, seen_through
+from mirage_gym.memory.filter import (
+    FilterResult,
+    TokenFilter,
+    observed_space,
+    pool_depth,
+    pool_fraction,
+    seen_through,
+)
 from mirage_gym.memory.latent_cache import POLICIES, LatentCache
 from mirage_gym.memory.point_cloud import PointCloudMemory
 from mirage_gym.memory.protocols import MemoryStore, PersistentMemoryStore
@@ -22,6 +29,7 @@ __all__ = [
     "PointCloudMemory",
     "TokenFilter",
     "FilterResult",
+    "observed_space",
     "pool_depth",
     "pool_fraction",
     "seen_through",

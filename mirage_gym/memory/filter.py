@@ -71,7 +71,7 @@ from torch import Tensor
 from mirage_gym.geometry import backproject, points_to_cells, project, subsample_intrinsics
 from mirage_gym.memory.checks import check_intrinsics, check_poses, check_tensor
 
-__all__ = ["TokenFilter", "FilterResult", "pool_depth", "pool_fraction", "seen_through"]
+__all__ = ["TokenFilter", "FilterResult", "observed_space", "pool_depth", "pool_fraction", "seen_through"]
 
 
 def _check_latent_size(height: int, width: int, latent_size: tuple[int, int]) -> tuple[int, int]:
@@ -460,3 +460,37 @@ def seen_through(
         d_near = d_near * scale[:, None]
     through = inside & d_seen & torch.isfinite(d_near) & (z < (1.0 - tolerance) * d_near)
     return through, flat
+
+
+def observed_space(
+    points: Tensor,
+    depth: Tensor,
+    cam_to_world: Tensor,
+    intrinsics: Tensor,
+    *,
+    margin: float = 0.2,
+    min_depth: float = 0.05,
+    max_depth: float = 50.0,
+) -> Tensor:
+    """Which world points lie in space a frame observed: on the surface it saw or in front of it.
+
+    Each frame's own points ``[F, P, 3]`` (or ``[P, 3]`` for all) are projected into it (metric
+    ``depth`` ``[F, H, W]``, pixel camera ``intrinsics``). With ``z`` a point's depth and ``d`` the
+    depth the frame saw at its pixel, the point is in observed space when ``z < (1 + margin) d``:
+    in front of the surface is free space the frame saw through, and within ``margin`` behind it is
+    the surface itself. Points outside the frame, behind its camera, or at pixels without a valid depth
+    (finite, in ``[min_depth, max_depth]``) are not. :class:`~mirage_gym.model.MirageGenerator` keeps its
+    generated tokens out of the space its start frames observed (``observed_margin``).
+    """
+    if not margin >= 0.0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    f, height, width = depth.shape
+    if points.dim() == 2:
+        points = points[None].expand(f, -1, -1)
+    if points.shape[1] == 0 or f == 0:
+        return torch.zeros(f, points.shape[1], dtype=torch.bool, device=depth.device)
+    uv, z = project(points.float(), intrinsics.float().expand(f, 3, 3), cam_to_world.float())
+    cells, inside = points_to_cells(uv, z, height, width, near=min_depth)
+    seen = depth.float().reshape(f, -1).gather(1, cells[..., 0] * width + cells[..., 1])
+    valid = torch.isfinite(seen) & (seen >= min_depth) & (seen <= max_depth)
+    return inside & valid & (z < (1.0 + margin) * seen)

@@ -41,6 +41,14 @@ latents of cached cells are pulled towards the cached latents noised to the next
 still sees the cache as conditioning and fills the holes; guidance only stops it drifting
 from what it was shown.
 
+Observed space (``observed_margin``, off by default; the default model sets 0.2): the start
+frames are a scene's only real observations. A generated token is not written to the latent cache
+where it lands in the space a start frame observed -- in front of the surface it saw there, or
+within ``observed_margin`` (relative depth) behind it (:func:`~mirage_gym.memory.observed_space`):
+the observation has settled that space, and a generated token there can only repeat it with worse
+depth, taking the cell whenever its depth errs short. Generated tokens elsewhere (outside the
+start view, or behind what it saw) are written as before, so generated areas are remembered.
+
 Randomness: the initial noise of each scene is drawn from its own generator when a
 list of ``B`` generators is given, so a batch equals ``B`` single runs.
 """
@@ -59,8 +67,15 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, 
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
-from mirage_gym.geometry import scale_intrinsics
-from mirage_gym.memory import FilterResult, LatentCache, PointCloudMemory, TokenFilter, pool_fraction
+from mirage_gym.geometry import backproject, scale_intrinsics
+from mirage_gym.memory import (
+    FilterResult,
+    LatentCache,
+    PointCloudMemory,
+    TokenFilter,
+    observed_space,
+    pool_fraction,
+)
 from mirage_gym.memory.latent_cache import INTERPOLATIONS
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.pretrained import GENERATOR_SETTINGS, encode_prompt, load_components, save_components
@@ -150,6 +165,9 @@ class MirageGenerator(nn.Module):
             default: they are stored already, and rewriting them re-places the copied latents at
             depths predicted in the new view, so depth errors would move remembered surfaces
             around. (The pixel baseline always appends every frame, as the published methods do.)
+        observed_margin: keep generated tokens out of the latent cache where they land in the space a
+            start frame observed (in front of its surface, or up to this relative depth behind it; see
+            the module docstring); ``None`` writes them there too.
         token_filter: decides which generated tokens are written back (default
             ``TokenFilter(stride=2)``: 10x cheaper than every pixel, at some recall on moving objects;
             see ``mirage-gym bench filter --stride``). With ``cross_chunk=True`` it also drops, before
@@ -177,6 +195,7 @@ class MirageGenerator(nn.Module):
         context_frames: int = 2,
         cache_guidance: float = 0.0,
         rewrite_cached: bool = False,
+        observed_margin: float | None = None,
         token_filter: TokenFilter | None = None,
         prompt_embeds: Tensor | None = None,
     ) -> None:
@@ -222,6 +241,8 @@ class MirageGenerator(nn.Module):
             raise ValueError(f"cache_guidance must be in [0, 1], got {cache_guidance}")
         if voxel_size <= 0 or cache_capacity < 1:
             raise ValueError(f"need voxel_size > 0 and cache_capacity >= 1, got {voxel_size} and {cache_capacity}")
+        if observed_margin is not None and not observed_margin >= 0.0:
+            raise ValueError(f"observed_margin must be >= 0 or None, got {observed_margin}")
         if cache_interpolation not in INTERPOLATIONS:
             raise ValueError(f"cache_interpolation must be one of {INTERPOLATIONS}, got {cache_interpolation!r}")
         text_dim = int(transformer.config.text_dim)
@@ -249,6 +270,7 @@ class MirageGenerator(nn.Module):
         self.context_frames = context_frames
         self.cache_guidance = float(cache_guidance)
         self.rewrite_cached = bool(rewrite_cached)
+        self.observed_margin = None if observed_margin is None else float(observed_margin)
         self.token_filter = token_filter if token_filter is not None else TokenFilter(stride=2)
         self.register_buffer("prompt_embeds", prompt_embeds.float(), persistent=False)
         # Where the checkpoint came from, for save_pretrained (set by from_pretrained).
@@ -362,6 +384,8 @@ class MirageGenerator(nn.Module):
         self._context_poses: Tensor | None = None  # [B, k, 4, 4]
         self._intrinsics: Tensor | None = None  # [3, 3] pixel camera
         self._image_size: tuple[int, int] | None = None
+        self._observed_depth: Tensor | None = None  # [B, H, W] each scene's start frame: its observed space
+        self._observed_poses: Tensor | None = None  # [B, 4, 4]
 
     @property
     def device(self) -> torch.device:
@@ -531,12 +555,16 @@ class MirageGenerator(nn.Module):
             k = self.context_frames
             self._context = latents.repeat(1, 1, k, 1, 1)
             self._context_poses = cam_to_world[:, None].repeat(1, k, 1, 1)
+            self._observed_depth = pixel_depth[:, 0].clone()
+            self._observed_poses = cam_to_world.clone()
         else:
             if self._store is not None:
                 for scene in index.tolist():
                     self._store.clear(scene=scene)
             self._context[index] = latents.expand(-1, -1, self.context_frames, -1, -1)
             self._context_poses[index] = cam_to_world[:, None].expand(-1, self.context_frames, -1, -1)
+            self._observed_depth[index] = pixel_depth[:, 0]
+            self._observed_poses[index] = cam_to_world
         self._write(latents, token_depth, rgb, pixel_depth, cam_to_world[:, None], keep, index)
         timer.lap("write")
         return ChunkOutput(
@@ -583,6 +611,16 @@ class MirageGenerator(nn.Module):
                 keep=self._keep_at_pixels(keep).flatten(0, 1),
                 scene=index.repeat_interleave(n),
             )
+
+    def _in_observed_space(self, token_depth: Tensor, poses: Tensor) -> Tensor:
+        """``[B, t, h, w]``: the tokens (depth ``[B, t, h, w]`` at latent poses ``[B, t, 4, 4]``) that land in the space
+        their scene's start frame observed."""
+        b, t, h, w = token_depth.shape
+        k_latent = scale_intrinsics(self._intrinsics, 1.0 / self.vae.spatial_factor)
+        points = backproject(token_depth.flatten(0, 1).float(), k_latent, poses.flatten(0, 1)).reshape(b, t * h * w, 3)
+        inside = observed_space(points, self._observed_depth, self._observed_poses, self._intrinsics,
+                                margin=self.observed_margin, max_depth=self.max_depth)
+        return inside.reshape(b, t, h, w)
 
     def _read(self, cam_to_world: Tensor, h: int, w: int, timer: _Timer) -> tuple[Tensor, Tensor]:
         """Cache latents ``[B, C, t, h, w]`` and mask ``[B, t, h, w]`` for the chunk's pixel poses ``[B, T, 4, 4]``."""
@@ -740,6 +778,8 @@ class MirageGenerator(nn.Module):
         if not self.rewrite_cached and self.memory == "latent":  # the pixel baseline appends every frame, as published
             cached = mask[:, owner] if freed is None else mask[:, owner] & ~freed
             keep = keep & ~cached
+        if self.observed_margin is not None and self.memory == "latent":
+            keep[:, ::f] &= ~self._in_observed_space(token_depth, poses)
         timer.lap("filter")
         self._write(latents, token_depth, rgb, pixel_depth, cam_to_world, keep, torch.arange(b, device=self.device))
         timer.lap("write")

@@ -434,21 +434,16 @@ def seen_through(
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
     if not isinstance(radius, int) or radius < 0:
         raise ValueError(f"radius must be a non-negative int, got {radius!r}")
-    f, height, width = depth.shape
+    f = depth.shape[0]
     depth = depth.float()
     valid = torch.isfinite(depth) & (depth >= min_depth) & (depth <= max_depth)
     seen = torch.where(valid, depth, torch.full_like(depth, float("inf")))
     near = seen
     if radius:
         near = -F.max_pool2d(-seen[:, None], 2 * radius + 1, 1, radius)[:, 0]
-    if points.dim() == 2:
-        points = points[None].expand(f, -1, -1)
-    if points.shape[1] == 0 or f == 0:
-        empty = torch.zeros(f, points.shape[1], dtype=torch.long, device=depth.device)
-        return empty.bool(), empty
-    uv, z = project(points.float(), intrinsics.float().expand(f, 3, 3), cam_to_world.float())
-    cells, inside = points_to_cells(uv, z, height, width, near=min_depth)
-    flat = cells[..., 0] * width + cells[..., 1]
+    z, flat, inside = _into_frames(points, depth, cam_to_world, intrinsics, min_depth)
+    if flat.numel() == 0:
+        return inside, flat
     d_seen = valid.reshape(f, -1).gather(1, flat)
     d_near = near.reshape(f, -1).gather(1, flat)
     if align_scale:
@@ -484,13 +479,23 @@ def observed_space(
     """
     if not margin >= 0.0:
         raise ValueError(f"margin must be >= 0, got {margin}")
+    z, flat, inside = _into_frames(points, depth, cam_to_world, intrinsics, min_depth)
+    seen = depth.float().reshape(depth.shape[0], -1).gather(1, flat)
+    valid = torch.isfinite(seen) & (seen >= min_depth) & (seen <= max_depth)
+    return inside & valid & (z < (1.0 + margin) * seen)
+
+
+def _into_frames(
+    points: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, min_depth: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Points ``[P, 3]`` or ``[F, P, 3]`` projected into frames ``[F, H, W]``: depth ``z``, flat pixel index
+    ``row * W + col`` and whether they land in the image in front of ``min_depth`` (each ``[F, P]``)."""
     f, height, width = depth.shape
     if points.dim() == 2:
         points = points[None].expand(f, -1, -1)
     if points.shape[1] == 0 or f == 0:
-        return torch.zeros(f, points.shape[1], dtype=torch.bool, device=depth.device)
+        empty = torch.zeros(f, points.shape[1], device=depth.device)
+        return empty, empty.long(), empty.bool()
     uv, z = project(points.float(), intrinsics.float().expand(f, 3, 3), cam_to_world.float())
     cells, inside = points_to_cells(uv, z, height, width, near=min_depth)
-    seen = depth.float().reshape(f, -1).gather(1, cells[..., 0] * width + cells[..., 1])
-    valid = torch.isfinite(seen) & (seen >= min_depth) & (seen <= max_depth)
-    return inside & valid & (z < (1.0 + margin) * seen)
+    return z, cells[..., 0] * width + cells[..., 1], inside

@@ -257,12 +257,13 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     folder = save_tiny_generator(tmp_path / "model")
     out = tmp_path / "results"
     code = main(["eval", "--generator", str(folder), "--out", str(out), "--quick", "--resolution", str(RESOLUTION),
-                 "--chunk", str(CHUNK), "--kinds", "walk_and_return", "--no-progress"])
+                 "--chunk", str(CHUNK), "--kinds", "walk_and_return", "--observed-margin", "0.3", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| mode |" in printed and "| latent |" in printed and "| oracle |" in printed
     data = json.loads((out / "eval.json").read_text())
     assert data["provenance"]["command"] and data["provenance"]["libraries"]["torch"] == torch.__version__
+    assert data["config"]["args"]["observed_margin"] == 0.3
     summary = data["results"]["summary"]
     assert set(summary) == {"latent", "pixel", "none", "oracle"}
     assert summary["none"]["memory_bytes"] == 0 < summary["latent"]["memory_bytes"] < summary["pixel"]["memory_bytes"]
@@ -337,3 +338,10 @@ def test_the_memory_filter_is_scored_on_rendered_chunks_with_moving_objects():
     # A walk without moving objects gives the filter nothing to be scored on.
     still = eval_trajectories(("walk_and_return",), 1, CHUNK, {"walk_and_return": 2}, moving_objects=0)[0]
     assert observed_filter_counts(generator, still, render_truth(still, k, SIZE, 0.25), k, CHUNK) is None
+
+
+@pytest.mark.parametrize("bad", ["-0.1", "none"])
+def test_eval_refuses_a_bad_observed_margin_before_anything_runs(tmp_path, capsys, bad):
+    with pytest.raises(SystemExit):
+        main(["eval", "--generator", "oracle", "--out", str(tmp_path / "out"), "--observed-margin", bad])
+    assert "--observed-margin" in capsys.readouterr().err and not (tmp_path / "out").exists()

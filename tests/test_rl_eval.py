@@ -15,7 +15,8 @@ import pytest
 from mirage_gym.cli import main
 from mirage_gym.eval.agreement import agreement, mmrv, normalise_real, pearson, spearman
 from mirage_gym.eval.policies import SCRIPTED, FrontierExplorer, GoalSeeker, PPOPolicy
-from mirage_gym.eval.rl import LOG, QUICK_POLICIES, RLEvalConfig, dream_to_real, evaluate_policies, load_policies
+from mirage_gym.eval.rl import (LOG, QUICK_POLICIES, RLEvalConfig, _normalised, dream_to_real, evaluate_policies,
+                                load_policies, transfer_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -382,6 +383,21 @@ def test_zoo_build_skips_runs_whose_zips_are_there(tmp_path):
     assert "--generator oracle" in out[0] and "--generator default" in out[1]
 
 
+def test_normalised_transfer_score_is_undefined_unless_the_truth_ppo_beats_random():
+    random, truth = np.array([1.0, 3.0]), np.array([5.0, 7.0])
+    assert _normalised(random, np.array([4.0, 4.0]), truth) == pytest.approx(0.5)
+    assert _normalised(random, truth, truth) == pytest.approx(1.0)
+    # A ground-truth PPO below random would turn a dream policy worse than both into a score above 1.
+    assert np.isnan(_normalised(truth, np.array([0.0, 0.0]), random))
+    assert np.isnan(_normalised(random, truth, random))  # a tie
+    entry = {"value": float("nan"), "ci": [None, None], "undefined_resamples": 1.0, "random": 6.0, "dream": 0.0,
+             "truth": 2.0}
+    table = transfer_table({"env_id": "MirageRoomNav-v0", "timesteps": 10, "generator": "default",
+                            "normalised": {"return": entry}})
+    assert "| return | 6.000 | 2.000 | 0.000 | n/a [n/a, n/a] |" in table
+    assert "does not beat random" in table and "Undefined in: return (100% of resamples)" in table
+
+
 def test_dream_to_real_on_a_tiny_budget(tmp_path):
     """Both trainings through agents/train_ppo.py (oracle as the 'world model' here), then the normalised score."""
     train = ["--num-envs", "2", "--n-steps", "8", "--batch-size", "16", "--resolution", "48", "--eval-freq",
@@ -400,7 +416,7 @@ def test_dream_to_real_on_a_tiny_budget(tmp_path):
     # Rerun: nothing trains again, nothing is evaluated again.
     again = dream_to_real("MirageRoom-v0", tmp_path / "d2r", generator="oracle", timesteps=32, episodes=2,
                           max_episode_steps=4, train_args=train, n_boot=50, threads=1, progress=None)
-    assert again["normalised"] == result["normalised"]
+    assert json.dumps(again["normalised"]) == json.dumps(result["normalised"])  # NaN where undefined
 
 
 def test_dream_to_real_world_options_reach_the_dream_run_only(tmp_path):

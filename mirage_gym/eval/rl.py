@@ -648,6 +648,7 @@ def dream_to_real(
         finite = [b for b in boots if math.isfinite(b)]
         normalised[m] = {"value": value, "ci": ([float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))]
                                                 if finite else [None, None]),
+                         "undefined_resamples": 1.0 - len(finite) / n_boot,
                          "random": float(eps["random"].mean()), "dream": float(eps["ppo_dream"].mean()),
                          "truth": float(eps["ppo_truth"].mean())}
     result = {"env_id": env_id, "generator": str(generator), "world_kwargs": world_kwargs, "timesteps": timesteps,
@@ -661,9 +662,14 @@ def dream_to_real(
 
 
 def _normalised(random: np.ndarray, dream: np.ndarray, truth: np.ndarray) -> float:
+    """``(dream - random) / (truth - random)`` of the means; NaN where the ground-truth PPO does not beat random.
+
+    The scale assumes the ground-truth budget is above random; below it, the ratio flips its meaning (a dream
+    policy worse than both would score above 1), so it is undefined there, as at a tie.
+    """
     gap = float(truth.mean() - random.mean())
-    if abs(gap) < 1e-12:
-        return float("nan")  # the ground-truth PPO is no better than random: the ratio is undefined
+    if gap <= 1e-12:
+        return float("nan")
     return float((dream.mean() - random.mean()) / gap)
 
 
@@ -673,9 +679,15 @@ def transfer_table(result: dict[str, Any]) -> str:
              f"`{result['generator']}`{world} vs the same budget on `oracle`, scored on the ground truth", "",
              "| metric | random | PPO trained on truth | PPO trained in the world model | normalised [95% CI] |",
              "|---|---|---|---|---|"]
+    undefined = []
     for m, entry in result["normalised"].items():
         lines.append(f"| {m} | {_fmt(entry['random'])} | {_fmt(entry['truth'])} | {_fmt(entry['dream'])} | "
                      f"{_fmt(entry['value'])} [{_fmt(entry['ci'][0])}, {_fmt(entry['ci'][1])}] |")
+        if entry.get("undefined_resamples", 0.0) > 0.0:
+            undefined.append(f"{m} ({entry['undefined_resamples']:.0%} of resamples)")
+    if undefined:
+        lines += ["", "Where the PPO trained on truth does not beat random the normalised score is undefined (n/a); "
+                  "intervals are over the resamples where it does. Undefined in: " + ", ".join(undefined) + "."]
     return "\n".join(lines)
 
 

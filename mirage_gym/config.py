@@ -189,6 +189,7 @@ class MemoryConfig:
     capacity: int  # voxels kept per scene
     interpolation: str = "nearest"  # how a read places tokens in a moved view: "nearest" cell or "bilinear"
     observed_margin: float | None = None  # keep generated tokens out of the start frames' observed space (None: off)
+    anchor_depth: bool = False  # a chunk's depth in cached cells is the remembered surface's, not a fresh estimate
 
 
 @dataclass(frozen=True)
@@ -493,6 +494,8 @@ def _check(config: Config, source: str) -> None:
     margin = model.memory.observed_margin
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
         raise ValueError(f"{source}: model.memory.observed_margin must be a number >= 0 or null, got {margin!r}")
+    if not isinstance(model.memory.anchor_depth, bool):
+        raise ValueError(f"{source}: model.memory.anchor_depth must be true or false, got {model.memory.anchor_depth!r}")
     if model.vae is not None:
         problems = model.vae.problems()
         if problems:
@@ -609,5 +612,6 @@ def build_generator(
         num_inference_steps=sampling.num_inference_steps, shift=shift,
         voxel_size=model.memory.voxel_size, cache_capacity=model.memory.capacity,
         cache_interpolation=model.memory.interpolation, observed_margin=model.memory.observed_margin,
+        anchor_depth=model.memory.anchor_depth,
         context_frames=model.context_frames, cache_guidance=sampling.cache_guidance,
     )

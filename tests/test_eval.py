@@ -257,13 +257,14 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     folder = save_tiny_generator(tmp_path / "model")
     out = tmp_path / "results"
     code = main(["eval", "--generator", str(folder), "--out", str(out), "--quick", "--resolution", str(RESOLUTION),
-                 "--chunk", str(CHUNK), "--kinds", "walk_and_return", "--observed-margin", "0.3", "--no-progress"])
+                 "--chunk", str(CHUNK), "--kinds", "walk_and_return", "--observed-margin", "0.3", "--anchor-depth",
+                 "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| mode |" in printed and "| latent |" in printed and "| oracle |" in printed
     data = json.loads((out / "eval.json").read_text())
     assert data["provenance"]["command"] and data["provenance"]["libraries"]["torch"] == torch.__version__
-    assert data["config"]["args"]["observed_margin"] == 0.3
+    assert data["config"]["args"]["observed_margin"] == 0.3 and data["config"]["args"]["anchor_depth"] is True
     summary = data["results"]["summary"]
     assert set(summary) == {"latent", "pixel", "none", "oracle"}
     assert summary["none"]["memory_bytes"] == 0 < summary["latent"]["memory_bytes"] < summary["pixel"]["memory_bytes"]
@@ -271,6 +272,7 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     for mode in ("latent", "pixel", "none"):  # the new figures, per memory mode
         assert math.isfinite(summary[mode]["revisit_psnr_gt"]) and summary[mode]["revisit_psnr_gt"] < 100
         assert summary[mode]["detail_cached"] >= 0 and summary[mode]["detail_new"] >= 0
+        assert 0 < summary[mode]["depth_start_abs_rel"] < math.inf
     assert all("detail_new" in row and "revisit_ssim_gt" in row for row in data["results"]["rows"])
     # The generator's autoencoder on held-out frames (64 with --quick).
     autoencoder = data["results"]["autoencoder"]
@@ -283,6 +285,7 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
                for e in reprojection["moves"].values())
     table = (out / "eval_table.md").read_text()
     assert "revisit PSNR vs GT dB" in table and "detail new areas" in table and "worst-decile PSNR dB" in table
+    assert "depth abs-rel on start view" in table
     assert "Reprojection ceiling" in table and "| yaw 5 deg |" in table
     assert (out / "eval_metrics.png").stat().st_size > 0 and (out / "eval_fidelity.png").stat().st_size > 0
     assert (out / "provenance.json").is_file() and (out / "eval_table.md").is_file()

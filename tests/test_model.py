@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKLWan, AutoencoderTiny, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
 from mirage_gym.geometry import backproject, intrinsics_from_fov, pose_from_position_yaw_pitch, scale_intrinsics
-from mirage_gym.memory import observed_space
+from mirage_gym.memory import observed_space, pool_depth
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.model.generator import ChunkOutput, MirageGenerator
 from mirage_gym.model.transformer import (
@@ -393,6 +393,37 @@ def test_temporal_vae_chunks() -> None:
     assert all(torch.equal(out.depth[0, j], out.depth[0, 1]) for j in range(2, 5))
     with pytest.raises(ValueError, match="1 \\+ 4k frames"):
         gen.step(chunk_poses(poses, 4), seeds(0))
+
+
+def test_anchor_depth_returns_the_cached_surface_where_the_memory_covers_the_view() -> None:
+    images, poses, k = scene_inputs(2)
+    chunk = poses[:, None].repeat(1, 2, 1, 1)  # back at the start pose: the start frame's tokens cover the view
+    outs = {}
+    for anchor in (False, True):
+        gen = make_generator("latent", anchor_depth=anchor)
+        start = gen.start(images, poses, k)
+        outs[anchor] = gen.step(chunk, seeds(0, 1))
+        h, w = outs[anchor].cache_mask.shape[-2:]
+        _, mask, cached = gen._store.read(chunk.flatten(0, 1), scale_intrinsics(k, 1.0 / gen.vae.spatial_factor),
+                                          h, w, scene=torch.arange(2).repeat_interleave(2), return_depth=True)
+    off, on = outs[False], outs[True]
+    assert torch.equal(off.rgb, on.rgb)  # only the depth changes
+    mask = mask.reshape(2, 2, h, w)
+    assert mask.float().mean() > 0.5 and torch.equal(mask, on.cache_mask)
+    # In the cached cells, the token depth (the median of its pixels) is the cached surface's, not a new estimate.
+    token = pool_depth(on.depth, (h, w))
+    cached = cached.reshape(2, 2, h, w)
+    assert torch.allclose(token[mask], cached[mask], rtol=0.05)
+    assert not torch.allclose(pool_depth(off.depth, (h, w))[mask], cached[mask], rtol=0.05)
+    # Back at the start pose the cached surface is the start frame's own depth (to interpolation error).
+    err = ((on.depth[:, 0] - start.depth[:, 0]).abs() / start.depth[:, 0])
+    assert err.median() < 0.05 < ((off.depth[:, 0] - start.depth[:, 0]).abs() / start.depth[:, 0]).median()
+    # Outside the cached cells nothing changes.
+    sf = 8
+    uncached = ~mask.repeat_interleave(sf, -2).repeat_interleave(sf, -1)
+    assert torch.equal(on.depth[uncached], off.depth[uncached]) or not uncached.any()
+    with pytest.raises(ValueError, match="anchor_depth"):
+        make_generator(anchor_depth="yes")
 
 
 def test_generated_tokens_stay_out_of_the_space_the_start_frame_observed() -> None:

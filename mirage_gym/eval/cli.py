@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--observed-margin", type=_margin, default=None, metavar="MARGIN",
                         help="keep generated tokens out of the start frame's observed space, up to MARGIN (relative "
                              "depth) behind its surfaces; 'off' writes them there too (default: the model's)")
+    parser.add_argument("--anchor-depth", action=argparse.BooleanOptionalAction, default=None,
+                        help="return the cached surface's depth where the memory covers a cell (default: the model's)")
     parser.add_argument("--moving-objects", type=int, default=2, help="moving boxes in the random-walk rooms")
     parser.add_argument("--seed", type=int, default=0, help="trajectory and noise seed")
     parser.add_argument("--autoencoder-frames", type=int, default=None,
@@ -102,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(generator, "observed_margin"):
             raise ValueError(f"--observed-margin needs a generative model, not {args.generator!r}")
         generator.observed_margin = None if args.observed_margin == "off" else args.observed_margin
+    if args.anchor_depth is not None:
+        if not hasattr(generator, "anchor_depth"):
+            raise ValueError(f"--anchor-depth needs a generative model, not {args.generator!r}")
+        generator.anchor_depth = args.anchor_depth
     name = str(args.generator)
     print(f"evaluating {name} ({type(generator).__name__}) at {config.resolution}x{config.resolution}, chunks of "
           f"{config.chunk}, modes {list(config.modes)}, rooms from the held-out seeds", flush=True)

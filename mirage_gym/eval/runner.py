@@ -16,7 +16,7 @@ The generated frames and depth are scored with :mod:`mirage_gym.eval.consistency
   (the commanded motion of a step is spread evenly over its frames);
 * ``depth_abs_rel`` / ``fidelity_psnr`` -- against the ground truth where the scene was
   observed before (a generator cannot know what it never saw);
-* ``fidelity_start_psnr`` -- the same, only where the *start frame* showed the surface: the one
+* ``fidelity_start_psnr`` / ``depth_start_abs_rel`` -- the same, only where the *start frame* showed the surface: the one
   real observation of a rollout, so this is how well the memory carries what it was given to other
   viewpoints (``fidelity_psnr`` also counts surfaces first shown by generated frames, whose
   ground truth the generator never saw);
@@ -96,6 +96,7 @@ METRICS = (
     ("trans_dir_err_deg", "trans dir err deg", False),
     ("pose_recovered", "pose recovered", True),
     ("depth_abs_rel", "depth abs-rel", False),
+    ("depth_start_abs_rel", "depth abs-rel on start view", False),
     ("fidelity_psnr", "fidelity PSNR dB", True),
     ("fidelity_start_psnr", "fidelity on start view dB", True),
     ("detail_cached", "detail cached", True),
@@ -306,6 +307,7 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
     start_seen = truth.start_seen[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
     fidelity_start = _masked(psnr, gen[1:], gt[1:], start_seen)
     depth_err = _masked(abs_rel, run.depth[1:], truth.depth[1:], seen)
+    depth_start_err = _masked(abs_rel, run.depth[1:], truth.depth[1:], start_seen)
     unseen = ~truth.observed[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
     return {
         "revisit_pairs": len(pairs),
@@ -322,6 +324,7 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
         "trans_dir_err_deg": _nanmean(control.translation_deg),
         "pose_recovered": float(control.recovered.float().mean()) if control.recovered.numel() else math.nan,
         "depth_abs_rel": _nanmean(depth_err),
+        "depth_start_abs_rel": _nanmean(depth_start_err),
         "fidelity_psnr": _nanmean(fidelity),
         "fidelity_start_psnr": _nanmean(fidelity_start),
         "fidelity_per_frame": [float(v) for v in fidelity],

@@ -49,6 +49,12 @@ the observation has settled that space, and a generated token there can only rep
 depth, taking the cell whenever its depth errs short. Generated tokens elsewhere (outside the
 start view, or behind what it saw) are written as before, so generated areas are remembered.
 
+Depth from the memory (``anchor_depth``, off by default): the depth head estimates every chunk's
+depth afresh from its latents, so a remembered wall comes back at a different depth each time. With
+``anchor_depth``, where the latent cache covered a cell the chunk's depth is the cached surface's
+depth in the new camera: the geometry the memory holds, the same on every return (the frame-to-frame
+reprojection and flow figures and the collisions of generated physics read this depth).
+
 Randomness: the initial noise of each scene is drawn from its own generator when a
 list of ``B`` generators is given, so a batch equals ``B`` single runs.
 """
@@ -65,6 +71,7 @@ from typing import Any
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
 from diffusers.utils.torch_utils import randn_tensor
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirage_gym.geometry import backproject, scale_intrinsics
@@ -168,6 +175,9 @@ class MirageGenerator(nn.Module):
         observed_margin: keep generated tokens out of the latent cache where they land in the space a
             start frame observed (in front of its surface, or up to this relative depth behind it; see
             the module docstring); ``None`` writes them there too.
+        anchor_depth: with the latent cache, the depth a chunk returns in the cells the cache covered is the
+            remembered surface's (its cached tokens' depth in the new camera) rather than the depth head's
+            fresh estimate from the generated latents (see the module docstring).
         token_filter: decides which generated tokens are written back (default
             ``TokenFilter(stride=2)``: 10x cheaper than every pixel, at some recall on moving objects;
             see ``mirage-gym bench filter --stride``). With ``cross_chunk=True`` it also drops, before
@@ -196,6 +206,7 @@ class MirageGenerator(nn.Module):
         cache_guidance: float = 0.0,
         rewrite_cached: bool = False,
         observed_margin: float | None = None,
+        anchor_depth: bool = False,
         token_filter: TokenFilter | None = None,
         prompt_embeds: Tensor | None = None,
     ) -> None:
@@ -243,6 +254,8 @@ class MirageGenerator(nn.Module):
             raise ValueError(f"need voxel_size > 0 and cache_capacity >= 1, got {voxel_size} and {cache_capacity}")
         if observed_margin is not None and not observed_margin >= 0.0:
             raise ValueError(f"observed_margin must be >= 0 or None, got {observed_margin}")
+        if not isinstance(anchor_depth, bool):
+            raise ValueError(f"anchor_depth must be a bool, got {anchor_depth!r}")
         if cache_interpolation not in INTERPOLATIONS:
             raise ValueError(f"cache_interpolation must be one of {INTERPOLATIONS}, got {cache_interpolation!r}")
         text_dim = int(transformer.config.text_dim)
@@ -271,6 +284,7 @@ class MirageGenerator(nn.Module):
         self.cache_guidance = float(cache_guidance)
         self.rewrite_cached = bool(rewrite_cached)
         self.observed_margin = None if observed_margin is None else float(observed_margin)
+        self.anchor_depth = bool(anchor_depth)
         self.token_filter = token_filter if token_filter is not None else TokenFilter(stride=2)
         self.register_buffer("prompt_embeds", prompt_embeds.float(), persistent=False)
         # Where the checkpoint came from, for save_pretrained (set by from_pretrained).
@@ -622,8 +636,9 @@ class MirageGenerator(nn.Module):
                                 margin=self.observed_margin, max_depth=self.max_depth)
         return inside.reshape(b, t, h, w)
 
-    def _read(self, cam_to_world: Tensor, h: int, w: int, timer: _Timer) -> tuple[Tensor, Tensor]:
-        """Cache latents ``[B, C, t, h, w]`` and mask ``[B, t, h, w]`` for the chunk's pixel poses ``[B, T, 4, 4]``."""
+    def _read(self, cam_to_world: Tensor, h: int, w: int, timer: _Timer) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Cache latents ``[B, C, t, h, w]``, mask ``[B, t, h, w]`` and, for the latent cache, the depth of the
+        cached surface in each cell ``[B, t, h, w]`` (None otherwise) for the chunk's pixel poses ``[B, T, 4, 4]``."""
         b, n = cam_to_world.shape[:2]
         f, sf = self.vae.temporal_factor, self.vae.spatial_factor
         poses = cam_to_world[:, ::f]
@@ -632,13 +647,14 @@ class MirageGenerator(nn.Module):
             latents = torch.zeros(b, self.latent_channels, t, h, w, device=self.device)
             mask = torch.zeros(b, t, h, w, dtype=torch.bool, device=self.device)
             timer.lap("cache_read")
-            return latents, mask
+            return latents, mask, None
         if self.memory == "latent":
             k_latent = scale_intrinsics(self._intrinsics, 1.0 / sf)
             scene = torch.arange(b, device=self.device).repeat_interleave(t)
-            latents, mask = self._store.read(poses.flatten(0, 1), k_latent, height=h, width=w, scene=scene)
+            latents, mask, depth = self._store.read(poses.flatten(0, 1), k_latent, height=h, width=w, scene=scene,
+                                                    return_depth=True)
             timer.lap("cache_read")
-            return latents.unflatten(0, (b, t)).transpose(1, 2), mask.unflatten(0, (b, t))
+            return latents.unflatten(0, (b, t)).transpose(1, 2), mask.unflatten(0, (b, t)), depth.unflatten(0, (b, t))
         # Pixel memory: render every frame at full resolution and re-encode it, as Gen3C/VMem/Spatia do.
         height, width = self._image_size
         scene = torch.arange(b, device=self.device).repeat_interleave(n)
@@ -649,7 +665,7 @@ class MirageGenerator(nn.Module):
         latents = self._encode_images(rgb.unflatten(0, (b, n)))
         coverage = pool_fraction(pixel_mask.unflatten(0, (b, n))[:, ::f], (h, w))
         timer.lap("encode")
-        return latents, coverage >= 0.5
+        return latents, coverage >= 0.5, None
 
     @torch.no_grad()
     def write_decision(
@@ -697,9 +713,28 @@ class MirageGenerator(nn.Module):
         height, width = self._image_size
         h, w = height // self.vae.spatial_factor, width // self.vae.spatial_factor
         cam_to_world = cam_to_world.to(self.device, torch.float32)
-        cache, mask = self._read(cam_to_world, h, w, _Timer(self.device))
+        cache, mask, _ = self._read(cam_to_world, h, w, _Timer(self.device))
         poses = torch.cat([self._context_poses, cam_to_world[:, :: self.vae.temporal_factor]], dim=1)
         return self._context.clone(), poses, cache, mask
+
+    def _anchor_depth(self, token_depth: Tensor, pixel_depth: Tensor, mask: Tensor,
+                      cached: Tensor) -> tuple[Tensor, Tensor]:
+        """Token and pixel depth (``[B, t, h, w]``, ``[B, t, H, W]``) of a chunk held to the cached surface
+        ``cached`` in the cells ``mask`` (see ``anchor_depth``).
+
+        Inside the cached region the pixel depth is the cached token depths interpolated bilinearly (in
+        log depth); within half a cell of its border, where a neighbour is not cached, it is the head's
+        pixel depth scaled by its cell's ratio cached / predicted, which keeps the head's edges.
+        """
+        sf = self.vae.spatial_factor
+        ratio = torch.where(mask, cached / token_depth.clamp_min(1e-3), torch.ones_like(token_depth))
+        scaled = pixel_depth * ratio.repeat_interleave(sf, -2).repeat_interleave(sf, -1)
+        weight = F.interpolate(mask.float().flatten(0, 1)[:, None], scale_factor=sf, mode="bilinear", align_corners=False)
+        log_depth = torch.where(mask, cached.clamp_min(1e-3).log(), torch.zeros_like(cached)).flatten(0, 1)[:, None]
+        smooth = (F.interpolate(log_depth, scale_factor=sf, mode="bilinear", align_corners=False) / weight.clamp_min(1e-6)).exp()
+        inside = (weight > 1.0 - 1e-4)[:, 0].unflatten(0, pixel_depth.shape[:2])
+        return torch.where(mask, cached, token_depth), torch.where(inside, smooth[:, 0].unflatten(0, inside.shape[:2]),
+                                                                   scaled)
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
         if isinstance(generator, Sequence):
@@ -742,7 +777,7 @@ class MirageGenerator(nn.Module):
         prompt = self._prompt(b)
         timer = _Timer(self.device)
 
-        cache, mask = self._read(cam_to_world, h, w, timer)
+        cache, mask, cached_depth = self._read(cam_to_world, h, w, timer)
         poses = cam_to_world[:, ::f]
         all_poses = torch.cat([self._context_poses, poses], dim=1)
         k_latent = scale_intrinsics(self._intrinsics, 1.0 / self.vae.spatial_factor)
@@ -766,6 +801,8 @@ class MirageGenerator(nn.Module):
             raise RuntimeError(f"the VAE decoded {frames.shape[1]} frames for a chunk of {n}")
         rgb = self._to_uint8(frames)
         token_depth, latent_pixel_depth = self._depth(latents)
+        if self.anchor_depth and cached_depth is not None:
+            token_depth, latent_pixel_depth = self._anchor_depth(token_depth, latent_pixel_depth, mask, cached_depth)
         # Pixel frame j belongs to latent frame ceil(j / f) (frame 0 alone, then groups of f).
         owner = (torch.arange(n, device=self.device) + f - 1) // f
         pixel_depth = latent_pixel_depth[:, owner]

@@ -81,7 +81,7 @@ ADAPTER = "mirage"
 # Generator keyword arguments recorded in mirage_config.json, so a folder reproduces its sampler.
 GENERATOR_SETTINGS = (
     "memory", "num_inference_steps", "voxel_size", "cache_capacity", "cache_interpolation", "context_frames",
-    "cache_guidance", "rewrite_cached", "observed_margin",
+    "cache_guidance", "rewrite_cached", "observed_margin", "anchor_depth",
 )
 # Transformer config entries that a LoRA and a widened input layer depend on.
 BASE_SIGNATURE = (
@@ -150,6 +150,7 @@ _SETTING_RULES: dict[str, tuple[Any, str]] = {
     "cache_guidance": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "rewrite_cached": (lambda v: isinstance(v, bool), "true or false"),
     "observed_margin": (lambda v: v is None or (_is_number(v) and v >= 0), "null or a number >= 0"),
+    "anchor_depth": (lambda v: isinstance(v, bool), "true or false"),
     "boundary_ratio": (lambda v: v is None or (_is_number(v) and 0.0 < v < 1.0), "null or a number in (0, 1)"),
     "vae_class": (lambda v: v is None or isinstance(v, str), "a VAE class name"),
     "base_model": (lambda v: isinstance(v, str) and v != "", "the path of the Wan2.2 base folder"),

@@ -398,15 +398,17 @@ def test_normalised_transfer_score_is_undefined_unless_the_truth_ppo_beats_rando
     assert "does not beat random" in table and "Undefined in: return (100% of resamples)" in table
 
 
-def test_dream_to_real_on_a_tiny_budget(tmp_path):
+def test_dream_to_real_on_a_tiny_budget(tmp_path, monkeypatch):
     """Both trainings through agents/train_ppo.py (oracle as the 'world model' here), then the normalised score."""
     train = ["--num-envs", "2", "--n-steps", "8", "--batch-size", "16", "--resolution", "48", "--eval-freq",
              "1000000", "--checkpoint-freq", "16"]
-    result = dream_to_real("MirageRoom-v0", tmp_path / "d2r", generator="oracle", timesteps=32, episodes=2,
+    monkeypatch.chdir(tmp_path)  # a relative results folder, as a user types it (the script itself runs in agents/)
+    result = dream_to_real("MirageRoom-v0", "d2r", generator="oracle", timesteps=32, episodes=2,
                            max_episode_steps=4, train_args=train, n_boot=50, threads=1, progress=None)
     assert set(result["normalised"]) == {"return", "coverage"}
     for role in ("dream", "truth"):
         assert Path(result["models"][role]).is_file()
+        assert (tmp_path / "d2r" / "train" / role).is_dir()
     # Same generator, seed and budget: the two runs are the same policy, so the normalised score is 1 (or
     # undefined when that PPO ties random).
     for entry in result["normalised"].values():
@@ -414,7 +416,7 @@ def test_dream_to_real_on_a_tiny_budget(tmp_path):
         assert entry["value"] is None or not np.isfinite(entry["value"]) or entry["value"] == pytest.approx(1.0)
     assert "normalised" in result["table"]
     # Rerun: nothing trains again, nothing is evaluated again.
-    again = dream_to_real("MirageRoom-v0", tmp_path / "d2r", generator="oracle", timesteps=32, episodes=2,
+    again = dream_to_real("MirageRoom-v0", "d2r", generator="oracle", timesteps=32, episodes=2,
                           max_episode_steps=4, train_args=train, n_boot=50, threads=1, progress=None)
     assert json.dumps(again["normalised"]) == json.dumps(result["normalised"])  # NaN where undefined
 

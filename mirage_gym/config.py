@@ -190,6 +190,7 @@ class MemoryConfig:
     interpolation: str = "nearest"  # how a read places tokens in a moved view: "nearest" cell or "bilinear"
     observed_margin: float | None = None  # keep generated tokens out of the start frames' observed space (None: off)
     anchor_depth: bool = False  # a chunk's depth in cached cells is the remembered surface's, not a fresh estimate
+    filter_history: int = 0  # frames before a chunk the token filter also projects it into (0: the chunk alone)
 
 
 @dataclass(frozen=True)
@@ -494,6 +495,10 @@ def _check(config: Config, source: str) -> None:
     margin = model.memory.observed_margin
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
         raise ValueError(f"{source}: model.memory.observed_margin must be a number >= 0 or null, got {margin!r}")
+    if isinstance(model.memory.filter_history, bool) or not isinstance(model.memory.filter_history, int) \
+            or model.memory.filter_history < 0:
+        raise ValueError(f"{source}: model.memory.filter_history must be an integer >= 0, got "
+                         f"{model.memory.filter_history!r}")
     if not isinstance(model.memory.anchor_depth, bool):
         raise ValueError(f"{source}: model.memory.anchor_depth must be true or false, got {model.memory.anchor_depth!r}")
     if model.vae is not None:
@@ -612,6 +617,6 @@ def build_generator(
         num_inference_steps=sampling.num_inference_steps, shift=shift,
         voxel_size=model.memory.voxel_size, cache_capacity=model.memory.capacity,
         cache_interpolation=model.memory.interpolation, observed_margin=model.memory.observed_margin,
-        anchor_depth=model.memory.anchor_depth,
+        anchor_depth=model.memory.anchor_depth, filter_history=model.memory.filter_history,
         context_frames=model.context_frames, cache_guidance=sampling.cache_guidance,
     )

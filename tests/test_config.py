@@ -56,6 +56,10 @@ def test_unknown_and_missing_keys_name_the_file_and_the_key(tmp_path):
     with pytest.raises(ValueError, match=f"{path}: model.memory.anchor_depth must be"):
         load_config(_write(tmp_path, data))
     data = load_config("default").to_dict()
+    data["model"]["memory"]["filter_history"] = -2
+    with pytest.raises(ValueError, match=f"{path}: model.memory.filter_history must be an integer >= 0, got -2"):
+        load_config(_write(tmp_path, data))
+    data = load_config("default").to_dict()
     data["training"]["data"]["train_room_seeds"] = [0, 2_000_000]
     with pytest.raises(ValueError, match="train_room_seeds must lie in"):
         load_config(_write(tmp_path, data))
@@ -93,6 +97,9 @@ def test_build_generator_keeps_every_sampling_and_memory_setting():
     assert generator.anchor_depth is model.memory.anchor_depth is False
     anchored = dataclasses.replace(model, memory=dataclasses.replace(model.memory, anchor_depth=True))
     assert build_generator(anchored).anchor_depth is True
+    assert generator.filter_history == model.memory.filter_history == 0
+    remembering = dataclasses.replace(model, memory=dataclasses.replace(model.memory, filter_history=8))
+    assert build_generator(remembering).filter_history == 8
     bilinear = dataclasses.replace(model, memory=dataclasses.replace(model.memory, interpolation="bilinear"))
     generator = build_generator(bilinear)
     generator.start(torch.zeros(1, 128, 128, 3, dtype=torch.uint8), torch.eye(4)[None], intrinsics_from_fov(90.0, 128, 128))

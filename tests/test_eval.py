@@ -258,13 +258,14 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     out = tmp_path / "results"
     code = main(["eval", "--generator", str(folder), "--out", str(out), "--quick", "--resolution", str(RESOLUTION),
                  "--chunk", str(CHUNK), "--kinds", "walk_and_return", "--observed-margin", "0.3", "--anchor-depth",
-                 "--no-progress"])
+                 "--filter-history", "2", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| mode |" in printed and "| latent |" in printed and "| oracle |" in printed
     data = json.loads((out / "eval.json").read_text())
     assert data["provenance"]["command"] and data["provenance"]["libraries"]["torch"] == torch.__version__
     assert data["config"]["args"]["observed_margin"] == 0.3 and data["config"]["args"]["anchor_depth"] is True
+    assert data["config"]["args"]["filter_history"] == 2
     summary = data["results"]["summary"]
     assert set(summary) == {"latent", "pixel", "none", "oracle"}
     assert summary["none"]["memory_bytes"] == 0 < summary["latent"]["memory_bytes"] < summary["pixel"]["memory_bytes"]
@@ -338,6 +339,24 @@ def test_the_memory_filter_is_scored_on_rendered_chunks_with_moving_objects():
         generator.write_decision(truth.rgb[None, frames], path.cam_to_world[None, frames], k,
                                  depth=truth.depth[None, 1:2])
 
+    # With filter history, the frames before each chunk go to the filter too: it keeps fewer box tokens and the
+    # same visible ones (and write_decision passes its first frames as that history).
+    generator.filter_history = CHUNK
+    remembered = observed_filter_counts(generator, path, truth, k, CHUNK)["true_depth"]
+    assert remembered["dynamic_visible"] == exact["dynamic_visible"]
+    assert remembered["dynamic_kept"] < exact["dynamic_kept"]
+    shown = slice(1, 1 + 2 * CHUNK)
+    decision = generator.write_decision(truth.rgb[None, shown], path.cam_to_world[None, shown], k,
+                                        depth=truth.depth[None, shown], history=CHUNK)
+    direct = generator.token_filter.analyze(
+        truth.rgb[None, 1 + CHUNK : 1 + 2 * CHUNK], truth.depth[None, 1 + CHUNK : 1 + 2 * CHUNK],
+        path.cam_to_world[None, 1 + CHUNK : 1 + 2 * CHUNK], k, latent_size=(SIZE // 8, SIZE // 8),
+        history=(truth.rgb[None, 1 : 1 + CHUNK], truth.depth[None, 1 : 1 + CHUNK], path.cam_to_world[None, 1 : 1 + CHUNK]))
+    assert torch.equal(decision.keep, direct.keep) and decision.keep.shape[1] == CHUNK
+    with pytest.raises(ValueError, match="history must be in"):
+        generator.write_decision(truth.rgb[None, frames], path.cam_to_world[None, frames], k, history=CHUNK)
+    generator.filter_history = 0
+
     # A walk without moving objects gives the filter nothing to be scored on.
     still = eval_trajectories(("walk_and_return",), 1, CHUNK, {"walk_and_return": 2}, moving_objects=0)[0]
     assert observed_filter_counts(generator, still, render_truth(still, k, SIZE, 0.25), k, CHUNK) is None
@@ -348,3 +367,10 @@ def test_eval_refuses_a_bad_observed_margin_before_anything_runs(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["eval", "--generator", "oracle", "--out", str(tmp_path / "out"), "--observed-margin", bad])
     assert "--observed-margin" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", ["-1", "two"])
+def test_eval_refuses_a_bad_filter_history_before_anything_runs(tmp_path, capsys, bad):
+    with pytest.raises(SystemExit):
+        main(["eval", "--generator", "oracle", "--out", str(tmp_path / "out"), "--filter-history", bad])
+    assert "--filter-history" in capsys.readouterr().err and not (tmp_path / "out").exists()

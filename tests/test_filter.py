@@ -385,3 +385,68 @@ def test_observed_space_is_in_front_of_or_on_the_surface_a_frame_saw():
     assert not observed_space(points[:2], depth, pose, K).any()
     with pytest.raises(ValueError, match="margin"):
         observed_space(points, depth, pose, K, margin=-0.1)
+
+
+def test_history_frames_catch_an_object_that_does_not_move_within_the_chunk():
+    """A box that arrived before the chunk and now stands still: no evidence in the chunk, some in its history."""
+    rgb, depth, square = sliding_square_chunk(shift_px=0)
+    poses = static_camera(4)[None]
+    filt = TokenFilter()
+    assert filt(rgb, depth, poses, K, (L, L)).all()  # the chunk alone cannot tell it from furniture
+    # Before the chunk the camera saw the wall where the box now stands.
+    history = (torch.full((1, 2, S, S, 3), 90, dtype=torch.uint8), torch.full((1, 2, S, S), 4.0), static_camera(2)[None])
+    result = filt.analyze(rgb, depth, poses, K, (L, L), history=history)
+    on_object = pool_fraction(square, (L, L))
+    assert result.keep.shape == (1, 4, L, L) and result.dynamic_pixels.shape == (1, 4, S, S)
+    assert not result.keep[on_object >= 0.5].any() and result.keep[on_object == 0].all()
+    # History that saw the same scene (or the box in front of the wall) gives no evidence.
+    same = (rgb[:, :2], depth[:, :2], poses[:, :2])
+    assert filt(rgb, depth, poses, K, (L, L), history=same).all()
+    # The history frames are projected into, not decided: one frame of chunk is enough.
+    assert not filt(rgb[:, :1], depth[:, :1], poses[:, :1], K, (L, L), history=history)[on_object[:, :1] >= 0.5].any()
+
+
+@pytest.mark.parametrize(("history", "message"), [
+    ((torch.zeros(1, 2, S, S, 3, dtype=torch.uint8), torch.zeros(1, 2, S, S)), "history must be a tuple"),
+    ((torch.zeros(1, 2, S, S, 3, dtype=torch.uint8), torch.zeros(1, 3, S, S), static_camera(2)[None]),
+     "history depth must be"),
+    ((torch.zeros(1, 2, 8, 8, 3, dtype=torch.uint8), torch.zeros(1, 2, 8, 8), static_camera(2)[None]),
+     "history rgb must be"),
+])
+def test_bad_history_is_named(history, message):
+    rgb, depth, _ = sliding_square_chunk()
+    with pytest.raises(ValueError, match=message):
+        TokenFilter().analyze(rgb, depth, static_camera(4)[None], K, (L, L), history=history)
+    with pytest.raises(ValueError, match="one camera"):
+        TokenFilter().analyze(rgb, depth, static_camera(4)[None], K.expand(1, 4, 3, 3), (L, L),
+                              history=(rgb[:, :1], depth[:, :1], static_camera(1)[None]))
+
+
+def test_the_generator_keeps_the_filter_history_it_is_asked_for():
+    from tiny_generator import CHUNK, RESOLUTION, build_tiny_generator
+
+    gen = build_tiny_generator()
+    gen.filter_history = CHUNK + 1
+    k = intrinsics_from_fov(90.0, RESOLUTION, RESOLUTION)
+    poses = pose_from_position_yaw_pitch(
+        torch.zeros(1 + 3 * CHUNK, 3), torch.linspace(0.0, 0.6, 1 + 3 * CHUNK), torch.zeros(1 + 3 * CHUNK)
+    )
+    start = torch.full((2, RESOLUTION, RESOLUTION, 3), 128, dtype=torch.uint8)
+    gen.start(start, poses[:1].expand(2, 4, 4), k)
+    seen = []
+    filt = gen.token_filter
+    gen.token_filter = lambda *a, history=None, **kw: seen.append(history) or filt(*a, history=history, **kw)
+    outs = [gen.step(poses[None, 1 + c * CHUNK : 1 + (c + 1) * CHUNK].expand(2, -1, -1, -1),
+                     generator=torch.Generator().manual_seed(c)) for c in range(3)]
+    # First the start frame alone, then it and the first chunk, then the latest CHUNK + 1 frames.
+    assert [h[2].shape[1] for h in seen] == [1, 1 + CHUNK, CHUNK + 1]
+    assert torch.equal(seen[1][0][:, 1:], outs[0].rgb) and torch.equal(seen[1][1][:, 1:], outs[0].depth)
+    assert torch.equal(seen[2][2][:, 1:], poses[1 + CHUNK : 1 + 2 * CHUNK][None].expand(2, -1, -1, -1))
+    assert torch.equal(seen[2][0][:, :1], outs[0].rgb[:, -1:])
+    # Restarting scene 1 replaces its history with its new start frame; scene 0's stays.
+    before = gen._history[0][0].clone()
+    gen.start(torch.zeros(1, RESOLUTION, RESOLUTION, 3, dtype=torch.uint8), poses[:1], k, scenes=[1])
+    assert (gen._history[0][1] == 0).all() and torch.equal(gen._history[0][0], before)
+    gen.filter_history = 0  # off: the filter gets no history
+    gen.step(poses[None, 1 : 1 + CHUNK].expand(2, -1, -1, -1), generator=torch.Generator().manual_seed(0))
+    assert seen[-1] is None

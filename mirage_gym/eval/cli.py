@@ -19,6 +19,13 @@ from mirage_gym.provenance import results_folder, write_results
 from mirage_gym.config import load_config
 
 
+def _frames(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def _margin(text: str) -> float | str:
     if text == "off":
         return text
@@ -52,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "depth) behind its surfaces; 'off' writes them there too (default: the model's)")
     parser.add_argument("--anchor-depth", action=argparse.BooleanOptionalAction, default=None,
                         help="return the cached surface's depth where the memory covers a cell (default: the model's)")
+    parser.add_argument("--filter-history", type=_frames, default=None, metavar="N",
+                        help="frames before each chunk the token filter also projects it into (default: the model's)")
     parser.add_argument("--moving-objects", type=int, default=2, help="moving boxes in the random-walk rooms")
     parser.add_argument("--seed", type=int, default=0, help="trajectory and noise seed")
     parser.add_argument("--autoencoder-frames", type=int, default=None,
@@ -104,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(generator, "observed_margin"):
             raise ValueError(f"--observed-margin needs a generative model, not {args.generator!r}")
         generator.observed_margin = None if args.observed_margin == "off" else args.observed_margin
+    if args.filter_history is not None:
+        if not hasattr(generator, "filter_history"):
+            raise ValueError(f"--filter-history needs a generative model, not {args.generator!r}")
+        generator.filter_history = args.filter_history
     if args.anchor_depth is not None:
         if not hasattr(generator, "anchor_depth"):
             raise ValueError(f"--anchor-depth needs a generative model, not {args.generator!r}")

@@ -209,7 +209,8 @@ def observed_filter_counts(generator: Generator, trajectory: EvalTrajectory, tru
     generator without :meth:`~mirage_gym.model.MirageGenerator.write_decision` and a per-frame autoencoder).
 
     Per depth source (``"model_depth"``: predicted from the encoded chunk; ``"true_depth"``): tokens on moving
-    objects kept / visible and static tokens dropped / all static ones.
+    objects kept / visible and static tokens dropped / all static ones. The generator's ``filter_history``
+    frames before each chunk (rendered, the start frame first) go to the filter as its history.
     """
     vae = getattr(generator, "vae", None)
     if (truth.static.all() or vae is None or vae.temporal_factor != 1
@@ -218,11 +219,15 @@ def observed_filter_counts(generator: Generator, trajectory: EvalTrajectory, tru
     counts = {source: dict.fromkeys(("dynamic_kept", "dynamic_visible", "static_dropped", "static"), 0)
               for source in ("model_depth", "true_depth")}
     poses = trajectory.cam_to_world
+    history = getattr(generator, "filter_history", 0)
     for c in range((poses.shape[0] - 1) // chunk):
-        frames = slice(1 + c * chunk, 1 + (c + 1) * chunk)
+        first = 1 + c * chunk
+        frames = slice(first, first + chunk)
+        shown = slice(max(0, first - history), first + chunk)  # the filter's history frames, then the chunk
         moving = (~truth.static[frames]).float()
-        for source, depth in (("model_depth", None), ("true_depth", truth.depth[None, frames])):
-            decision = generator.write_decision(truth.rgb[None, frames], poses[None, frames], intrinsics, depth=depth)
+        for source, depth in (("model_depth", None), ("true_depth", truth.depth[None, shown])):
+            decision = generator.write_decision(truth.rgb[None, shown], poses[None, shown], intrinsics, depth=depth,
+                                                history=first - shown.start)
             keep, empty = decision.keep[0].cpu(), decision.empty[0].cpu()
             share = pool_fraction(moving, tuple(keep.shape[-2:]))
             dynamic, static = share >= 0.5, (share == 0) & ~empty

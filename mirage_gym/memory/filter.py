@@ -199,13 +199,25 @@ class TokenFilter:
         self.cross_chunk_align = bool(cross_chunk_align)
 
     def __call__(
-        self, rgb: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, latent_size: tuple[int, int]
+        self,
+        rgb: Tensor,
+        depth: Tensor,
+        cam_to_world: Tensor,
+        intrinsics: Tensor,
+        latent_size: tuple[int, int],
+        history: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Tensor:
         """``keep`` ``[B, T, h, w]`` bool; see :meth:`analyze`."""
-        return self.analyze(rgb, depth, cam_to_world, intrinsics, latent_size).keep
+        return self.analyze(rgb, depth, cam_to_world, intrinsics, latent_size, history).keep
 
     def analyze(
-        self, rgb: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor, latent_size: tuple[int, int]
+        self,
+        rgb: Tensor,
+        depth: Tensor,
+        cam_to_world: Tensor,
+        intrinsics: Tensor,
+        latent_size: tuple[int, int],
+        history: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> FilterResult:
         """Filter one chunk.
 
@@ -215,6 +227,10 @@ class TokenFilter:
             cam_to_world: ``[B, T, 4, 4]``.
             intrinsics: ``[3, 3]`` or ``[B, T, 3, 3]``: the pixel camera.
             latent_size: ``(h, w)``, dividing ``(H, W)``.
+            history: frames before the chunk, ``(rgb [B, P, H, W, 3], depth [B, P, H, W], cam_to_world
+                [B, P, 4, 4])`` with the same camera (``[3, 3]`` intrinsics): the chunk's pixels are also
+                projected into them (an object that has moved in since shows as free space there); they are
+                not decided themselves. ``None``: the chunk alone.
         """
         rgb = check_tensor("rgb", rgb, 5)
         b, t, height, width, ch = rgb.shape
@@ -226,10 +242,29 @@ class TokenFilter:
                 f"depth must be floating point with shape {(b, t, height, width)}, got {depth.dtype} {tuple(depth.shape)}"
             )
         poses = check_poses("cam_to_world", cam_to_world, b, leading=(b, t)).to(rgb.device)
-        k = check_intrinsics("intrinsics", intrinsics, (b, t)).to(rgb.device)
         h, w = _check_latent_size(height, width, latent_size)
         colors = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float()
         depth = depth.float().to(rgb.device)
+        p = 0
+        if history is not None:
+            if not isinstance(history, (tuple, list)) or len(history) != 3:
+                raise ValueError("history must be a tuple (rgb, depth, cam_to_world)")
+            if torch.as_tensor(intrinsics).dim() != 2:
+                raise ValueError("history needs one camera for all frames: [3, 3] intrinsics")
+            h_rgb = check_tensor("history rgb", history[0], 5)
+            p = h_rgb.shape[1]
+            if tuple(h_rgb.shape) != (b, p, height, width, 3):
+                raise ValueError(f"history rgb must be [{b}, P, {height}, {width}, 3], got {tuple(h_rgb.shape)}")
+            h_depth = check_tensor("history depth", history[1], 4)
+            if tuple(h_depth.shape) != (b, p, height, width) or not h_depth.is_floating_point():
+                raise ValueError(f"history depth must be floating point [{b}, {p}, {height}, {width}], got "
+                                 f"{h_depth.dtype} {tuple(h_depth.shape)}")
+            h_poses = check_poses("history cam_to_world", history[2], b, leading=(b, p)).to(rgb.device)
+            h_colors = h_rgb.float() / 255.0 if h_rgb.dtype == torch.uint8 else h_rgb.float()
+            colors = torch.cat([h_colors.to(rgb.device), colors], dim=1)
+            depth = torch.cat([h_depth.float().to(rgb.device), depth], dim=1)
+            poses = torch.cat([h_poses, poses], dim=1)
+        k = check_intrinsics("intrinsics", intrinsics, (b, p + t)).to(rgb.device)
         s = self.stride
         if s > 1:
             if (height // h) % s or (width // w) % s:
@@ -238,8 +273,9 @@ class TokenFilter:
             colors, depth = colors[:, :, o::s, o::s], depth[:, :, o::s, o::s]
             k = subsample_intrinsics(k, s)
         valid = torch.isfinite(depth) & (depth >= self.min_depth) & (depth <= self.max_depth)
-        dynamic_pixels = self._dynamic_pixels(colors, depth, valid, poses, k) & valid
-        dynamic_pixels = self._grow(self._supported(dynamic_pixels), depth, valid)
+        dynamic_pixels = self._dynamic_pixels(colors, depth, valid, poses, k, first=p)
+        depth, valid = depth[:, p:], valid[:, p:]
+        dynamic_pixels = self._grow(self._supported(dynamic_pixels & valid), depth, valid)
 
         valid_fraction = pool_fraction(valid, (h, w))
         empty = valid_fraction < self.min_valid_fraction
@@ -351,11 +387,13 @@ class TokenFilter:
         out[frames] = grown[:, 0]
         return out.view(b, t, height, width)
 
-    def _dynamic_pixels(self, colors: Tensor, depth: Tensor, valid: Tensor, poses: Tensor, k: Tensor) -> Tensor:
-        """Per-pixel votes from reprojecting every frame into every other frame of its chunk."""
+    def _dynamic_pixels(self, colors: Tensor, depth: Tensor, valid: Tensor, poses: Tensor, k: Tensor,
+                        first: int = 0) -> Tensor:
+        """Per-pixel votes ``[B, T - first, H, W]`` from reprojecting each of frames ``first..T-1`` into every
+        other frame (the ``first`` frames before them are history: projected into, not decided)."""
         b, t, height, width = depth.shape
         if t < 2:
-            return torch.zeros_like(valid)
+            return torch.zeros_like(valid[:, first:])
         n, pixels = b * t, height * width
         flat_depth = torch.where(valid, depth, torch.zeros_like(depth)).view(n, height, width)
         flat_poses, flat_k = poses.reshape(n, 4, 4), k.reshape(n, 3, 3)
@@ -369,9 +407,9 @@ class TokenFilter:
         seen = seen.view(n, pixels)
         target_colors = colors.reshape(n, pixels, 3)
 
-        # All ordered pairs (source, target) of distinct frames of the same chunk.
+        # All ordered pairs (source, target) of distinct frames of the same chunk, sources decided.
         frame = torch.arange(t, device=depth.device)
-        src_t, dst_t = torch.meshgrid(frame, frame, indexing="ij")
+        src_t, dst_t = torch.meshgrid(frame[first:], frame, indexing="ij")
         off_diag = src_t != dst_t
         chunk = torch.arange(b, device=depth.device)[:, None] * t
         src = (chunk + src_t[off_diag][None]).reshape(-1)
@@ -392,7 +430,7 @@ class TokenFilter:
             evidence = evidence | (agree & (diff > self.color_tolerance))
         votes = torch.zeros(n, pixels, dtype=torch.int32, device=depth.device)
         votes.index_add_(0, src, evidence.int())
-        return (votes >= self.min_votes).view(b, t, height, width)
+        return (votes >= self.min_votes).view(b, t, height, width)[:, first:]
 
 
 def seen_through(

@@ -178,6 +178,9 @@ class MirageGenerator(nn.Module):
         anchor_depth: with the latent cache, the depth a chunk returns in the cells the cache covered is the
             remembered surface's (its cached tokens' depth in the new camera) rather than the depth head's
             fresh estimate from the generated latents (see the module docstring).
+        filter_history: frames before each chunk (the start frame, then the latest generated ones) into
+            which the token filter also projects the chunk (:meth:`TokenFilter.analyze`'s ``history``):
+            an object that moved in since shows as free space there. 0: the chunk alone.
         token_filter: decides which generated tokens are written back (default
             ``TokenFilter(stride=2)``: 10x cheaper than every pixel, at some recall on moving objects;
             see ``mirage-gym bench filter --stride``). With ``cross_chunk=True`` it also drops, before
@@ -207,6 +210,7 @@ class MirageGenerator(nn.Module):
         rewrite_cached: bool = False,
         observed_margin: float | None = None,
         anchor_depth: bool = False,
+        filter_history: int = 0,
         token_filter: TokenFilter | None = None,
         prompt_embeds: Tensor | None = None,
     ) -> None:
@@ -256,6 +260,8 @@ class MirageGenerator(nn.Module):
             raise ValueError(f"observed_margin must be >= 0 or None, got {observed_margin}")
         if not isinstance(anchor_depth, bool):
             raise ValueError(f"anchor_depth must be a bool, got {anchor_depth!r}")
+        if isinstance(filter_history, bool) or not isinstance(filter_history, int) or filter_history < 0:
+            raise ValueError(f"filter_history must be an int >= 0, got {filter_history!r}")
         if cache_interpolation not in INTERPOLATIONS:
             raise ValueError(f"cache_interpolation must be one of {INTERPOLATIONS}, got {cache_interpolation!r}")
         text_dim = int(transformer.config.text_dim)
@@ -285,6 +291,7 @@ class MirageGenerator(nn.Module):
         self.rewrite_cached = bool(rewrite_cached)
         self.observed_margin = None if observed_margin is None else float(observed_margin)
         self.anchor_depth = bool(anchor_depth)
+        self.filter_history = filter_history
         self.token_filter = token_filter if token_filter is not None else TokenFilter(stride=2)
         self.register_buffer("prompt_embeds", prompt_embeds.float(), persistent=False)
         # Where the checkpoint came from, for save_pretrained (set by from_pretrained).
@@ -400,6 +407,7 @@ class MirageGenerator(nn.Module):
         self._image_size: tuple[int, int] | None = None
         self._observed_depth: Tensor | None = None  # [B, H, W] each scene's start frame: its observed space
         self._observed_poses: Tensor | None = None  # [B, 4, 4]
+        self._history: tuple[Tensor, Tensor, Tensor] | None = None  # the token filter's frames: rgb, depth, poses
 
     @property
     def device(self) -> torch.device:
@@ -571,6 +579,8 @@ class MirageGenerator(nn.Module):
             self._context_poses = cam_to_world[:, None].repeat(1, k, 1, 1)
             self._observed_depth = pixel_depth[:, 0].clone()
             self._observed_poses = cam_to_world.clone()
+            if self.filter_history:
+                self._history = (rgb.clone(), pixel_depth.clone(), cam_to_world[:, None].clone())
         else:
             if self._store is not None:
                 for scene in index.tolist():
@@ -579,6 +589,9 @@ class MirageGenerator(nn.Module):
             self._context_poses[index] = cam_to_world[:, None].expand(-1, self.context_frames, -1, -1)
             self._observed_depth[index] = pixel_depth[:, 0]
             self._observed_poses[index] = cam_to_world
+            if self._history is not None:  # the restarted scenes' history is their start frame (repeated)
+                for past, now in zip(self._history, (rgb, pixel_depth, cam_to_world[:, None]), strict=True):
+                    past[index] = now.expand_as(past[index])
         self._write(latents, token_depth, rgb, pixel_depth, cam_to_world[:, None], keep, index)
         timer.lap("write")
         return ChunkOutput(
@@ -669,7 +682,8 @@ class MirageGenerator(nn.Module):
 
     @torch.no_grad()
     def write_decision(
-        self, images: Tensor, cam_to_world: Tensor, intrinsics: Tensor, depth: Tensor | None = None
+        self, images: Tensor, cam_to_world: Tensor, intrinsics: Tensor, depth: Tensor | None = None, *,
+        history: int = 0,
     ) -> FilterResult:
         """What the memory would take from a chunk showing ``images``: the token filter's decision; changes nothing.
 
@@ -684,10 +698,14 @@ class MirageGenerator(nn.Module):
             cam_to_world: ``[B, T, 4, 4]`` their poses.
             intrinsics: ``[3, 3]`` the pixel camera.
             depth: optional ``[B, T, H, W]`` depth replacing the predicted one.
+            history: the first ``history`` frames precede the chunk (as ``filter_history`` keeps them): the
+                filter projects into them and decides the others (a per-frame autoencoder only).
         """
         if images.dim() != 5 or images.shape[-1] != 3 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 [B, T, H, W, 3], got {images.dtype} {tuple(images.shape)}")
         b, n, height, width = images.shape[:4]
+        if not 0 <= history < n or (history and self.vae.temporal_factor != 1):
+            raise ValueError(f"history must be in [0, {n}) frames, and 0 with a temporal autoencoder, got {history}")
         self._check_pose("cam_to_world", cam_to_world, (b, n, 4, 4))
         self._check_pose("intrinsics", intrinsics, (3, 3))
         h, w = self._latent_grid(height, width)
@@ -697,8 +715,10 @@ class MirageGenerator(nn.Module):
             depth = latent_depth[:, owner]
         elif tuple(depth.shape) != (b, n, height, width):
             raise ValueError(f"depth must be [{b}, {n}, {height}, {width}], got {tuple(depth.shape)}")
-        return self.token_filter.analyze(images.to(self.device), depth.to(self.device), cam_to_world.to(self.device),
-                                         intrinsics.to(self.device), latent_size=(h, w))
+        images, depth, cam_to_world = images.to(self.device), depth.to(self.device), cam_to_world.to(self.device)
+        before = (images[:, :history], depth[:, :history], cam_to_world[:, :history]) if history else None
+        return self.token_filter.analyze(images[:, history:], depth[:, history:], cam_to_world[:, history:],
+                                         intrinsics.to(self.device), latent_size=(h, w), history=before)
 
     @torch.no_grad()
     def conditioning(self, cam_to_world: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -807,7 +827,13 @@ class MirageGenerator(nn.Module):
         owner = (torch.arange(n, device=self.device) + f - 1) // f
         pixel_depth = latent_pixel_depth[:, owner]
         timer.lap("decode")
-        keep = self.token_filter(rgb, pixel_depth, cam_to_world, self._intrinsics, latent_size=(h, w))
+        if not self.filter_history or self._history is None:
+            keep = self.token_filter(rgb, pixel_depth, cam_to_world, self._intrinsics, latent_size=(h, w))
+        else:
+            keep = self.token_filter(rgb, pixel_depth, cam_to_world, self._intrinsics, latent_size=(h, w),
+                                     history=self._history)
+            self._history = tuple(torch.cat([past, now], dim=1)[:, -self.filter_history:].contiguous()
+                                  for past, now in zip(self._history, (rgb, pixel_depth, cam_to_world), strict=True))
         freed = None
         if self.memory == "latent" and getattr(self.token_filter, "cross_chunk", False):
             # Cross-chunk check: cached tokens this chunk sees through have moved away; drop them.

@@ -82,6 +82,7 @@ ADAPTER = "mirage"
 GENERATOR_SETTINGS = (
     "memory", "num_inference_steps", "voxel_size", "cache_capacity", "cache_interpolation", "context_frames",
     "cache_guidance", "rewrite_cached", "observed_margin", "anchor_depth",
+    "filter_history",
 )
 # Transformer config entries that a LoRA and a widened input layer depend on.
 BASE_SIGNATURE = (
@@ -151,6 +152,7 @@ _SETTING_RULES: dict[str, tuple[Any, str]] = {
     "rewrite_cached": (lambda v: isinstance(v, bool), "true or false"),
     "observed_margin": (lambda v: v is None or (_is_number(v) and v >= 0), "null or a number >= 0"),
     "anchor_depth": (lambda v: isinstance(v, bool), "true or false"),
+    "filter_history": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (frames)"),
     "boundary_ratio": (lambda v: v is None or (_is_number(v) and 0.0 < v < 1.0), "null or a number in (0, 1)"),
     "vae_class": (lambda v: v is None or isinstance(v, str), "a VAE class name"),
     "base_model": (lambda v: isinstance(v, str) and v != "", "the path of the Wan2.2 base folder"),

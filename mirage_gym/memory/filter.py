@@ -36,9 +36,14 @@ rule on every ``stride``-th pixel of each row and column (the pixel camera adjus
 exactly), ``stride**2`` times cheaper; with 8x8 pixels per token the token decisions barely
 change (``mirage-gym bench filter --stride`` measures it), so generators use ``stride=2``.
 
-What the rule cannot see: an object that does not move during the chunk (a slow
-object near the end of its path) gives no evidence -- nothing in the chunk tells it
-from furniture. Recall therefore grows with the motion per chunk; see the bench.
+What the chunk alone cannot show: an object that does not move during the chunk (a slow
+object near the end of its path), or one that only a single frame of it shows, gives no
+evidence -- nothing in the chunk tells it from furniture. ``history`` frames (frames before
+the chunk, :attr:`MirageGenerator.filter_history <mirage_gym.model.MirageGenerator>`) are
+projected into as well, never decided themselves: where one of them saw free space at a
+chunk pixel's point, something has arrived since. On the evaluation's rendered walks with
+moving boxes and true depth, 8 frames of history took the box tokens kept from 17.4 % to
+4.3 % (static tokens dropped 0.1 % to 0.2 %).
 
 Cross-chunk check (``cross_chunk=True``, off by default; :meth:`TokenFilter.carve`,
 :meth:`LatentCache.carve <mirage_gym.memory.LatentCache.carve>`, :func:`seen_through`).

@@ -95,32 +95,17 @@ def run(args: argparse.Namespace) -> int:
     out = results_folder(args.out)
     generator = load_generator(args.generator, memory="latent", num_inference_steps=args.steps, device=args.device,
                                frame_time=config.frame_time)
-    if args.cache_guidance is not None:
-        if not 0.0 <= args.cache_guidance <= 1.0:
-            raise ValueError(f"--cache-guidance must be in [0, 1], got {args.cache_guidance}")
-        if not hasattr(generator, "cache_guidance"):
-            raise ValueError(f"--cache-guidance needs a generative model, not {args.generator!r}")
-        generator.cache_guidance = args.cache_guidance
-    if args.cache_interpolation is not None:
-        if not hasattr(generator, "cache_interpolation"):
-            raise ValueError(f"--cache-interpolation needs a generative model, not {args.generator!r}")
-        generator.cache_interpolation = args.cache_interpolation
-    if args.rewrite_cached is not None:
-        if not hasattr(generator, "rewrite_cached"):
-            raise ValueError(f"--rewrite-cached needs a generative model, not {args.generator!r}")
-        generator.rewrite_cached = args.rewrite_cached
-    if args.observed_margin is not None:
-        if not hasattr(generator, "observed_margin"):
-            raise ValueError(f"--observed-margin needs a generative model, not {args.generator!r}")
-        generator.observed_margin = None if args.observed_margin == "off" else args.observed_margin
-    if args.filter_history is not None:
-        if not hasattr(generator, "filter_history"):
-            raise ValueError(f"--filter-history needs a generative model, not {args.generator!r}")
-        generator.filter_history = args.filter_history
-    if args.anchor_depth is not None:
-        if not hasattr(generator, "anchor_depth"):
-            raise ValueError(f"--anchor-depth needs a generative model, not {args.generator!r}")
-        generator.anchor_depth = args.anchor_depth
+    if args.cache_guidance is not None and not 0.0 <= args.cache_guidance <= 1.0:
+        raise ValueError(f"--cache-guidance must be in [0, 1], got {args.cache_guidance}")
+    overrides = {"cache_guidance": args.cache_guidance, "cache_interpolation": args.cache_interpolation,
+                 "rewrite_cached": args.rewrite_cached, "observed_margin": args.observed_margin,
+                 "filter_history": args.filter_history, "anchor_depth": args.anchor_depth}
+    for setting, value in overrides.items():  # None: the model's own
+        if value is None:
+            continue
+        if not hasattr(generator, setting):
+            raise ValueError(f"--{setting.replace('_', '-')} needs a generative model, not {args.generator!r}")
+        setattr(generator, setting, None if value == "off" else value)
     name = str(args.generator)
     print(f"evaluating {name} ({type(generator).__name__}) at {config.resolution}x{config.resolution}, chunks of "
           f"{config.chunk}, modes {list(config.modes)}, rooms from the held-out seeds", flush=True)

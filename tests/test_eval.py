@@ -374,3 +374,11 @@ def test_eval_refuses_a_bad_filter_history_before_anything_runs(tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["eval", "--generator", "oracle", "--out", str(tmp_path / "out"), "--filter-history", bad])
     assert "--filter-history" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", [["--anchor-depth"], ["--filter-history", "4"], ["--observed-margin", "off"],
+                                  ["--cache-guidance", "0.5"]])
+def test_eval_refuses_a_generator_setting_for_the_oracle(tmp_path, capsys, flag):
+    code = main(["eval", "--generator", "oracle", "--out", str(tmp_path / "out"), "--quick", *flag])
+    assert code != 0 and f"{flag[0]} needs a generative model, not 'oracle'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "eval.json").exists()

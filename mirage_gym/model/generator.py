@@ -69,9 +69,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
 from diffusers.utils.torch_utils import randn_tensor
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirage_gym.geometry import backproject, scale_intrinsics
@@ -749,12 +749,15 @@ class MirageGenerator(nn.Module):
         sf = self.vae.spatial_factor
         ratio = torch.where(mask, cached / token_depth.clamp_min(1e-3), torch.ones_like(token_depth))
         scaled = pixel_depth * ratio.repeat_interleave(sf, -2).repeat_interleave(sf, -1)
-        weight = F.interpolate(mask.float().flatten(0, 1)[:, None], scale_factor=sf, mode="bilinear", align_corners=False)
-        log_depth = torch.where(mask, cached.clamp_min(1e-3).log(), torch.zeros_like(cached)).flatten(0, 1)[:, None]
-        smooth = (F.interpolate(log_depth, scale_factor=sf, mode="bilinear", align_corners=False) / weight.clamp_min(1e-6)).exp()
-        inside = (weight > 1.0 - 1e-4)[:, 0].unflatten(0, pixel_depth.shape[:2])
-        return torch.where(mask, cached, token_depth), torch.where(inside, smooth[:, 0].unflatten(0, inside.shape[:2]),
-                                                                   scaled)
+
+        def upsample(x: Tensor) -> Tensor:  # [B, t, h, w] -> [B, t, H, W], bilinear
+            up = F.interpolate(x.flatten(0, 1)[:, None], scale_factor=sf, mode="bilinear", align_corners=False)
+            return up[:, 0].unflatten(0, x.shape[:2])
+
+        weight = upsample(mask.float())  # 1 where every cell a pixel interpolates from is cached
+        log_depth = upsample(torch.where(mask, cached.clamp_min(1e-3).log(), torch.zeros_like(cached)))
+        smooth = (log_depth / weight.clamp_min(1e-6)).exp()
+        return torch.where(mask, cached, token_depth), torch.where(weight > 1.0 - 1e-4, smooth, scaled)
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
         if isinstance(generator, Sequence):

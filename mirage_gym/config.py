@@ -500,7 +500,8 @@ def _check(config: Config, source: str) -> None:
         raise ValueError(f"{source}: model.memory.filter_history must be an integer >= 0, got "
                          f"{model.memory.filter_history!r}")
     if not isinstance(model.memory.anchor_depth, bool):
-        raise ValueError(f"{source}: model.memory.anchor_depth must be true or false, got {model.memory.anchor_depth!r}")
+        raise ValueError(f"{source}: model.memory.anchor_depth must be true or false, got "
+                         f"{model.memory.anchor_depth!r}")
     if model.vae is not None:
         problems = model.vae.problems()
         if problems:

@@ -351,7 +351,8 @@ def test_the_memory_filter_is_scored_on_rendered_chunks_with_moving_objects():
     direct = generator.token_filter.analyze(
         truth.rgb[None, 1 + CHUNK : 1 + 2 * CHUNK], truth.depth[None, 1 + CHUNK : 1 + 2 * CHUNK],
         path.cam_to_world[None, 1 + CHUNK : 1 + 2 * CHUNK], k, latent_size=(SIZE // 8, SIZE // 8),
-        history=(truth.rgb[None, 1 : 1 + CHUNK], truth.depth[None, 1 : 1 + CHUNK], path.cam_to_world[None, 1 : 1 + CHUNK]))
+        history=(truth.rgb[None, 1 : 1 + CHUNK], truth.depth[None, 1 : 1 + CHUNK],
+                 path.cam_to_world[None, 1 : 1 + CHUNK]))
     assert torch.equal(decision.keep, direct.keep) and decision.keep.shape[1] == CHUNK
     with pytest.raises(ValueError, match="history must be in"):
         generator.write_decision(truth.rgb[None, frames], path.cam_to_world[None, frames], k, history=CHUNK)

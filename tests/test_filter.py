@@ -394,7 +394,8 @@ def test_history_frames_catch_an_object_that_does_not_move_within_the_chunk():
     filt = TokenFilter()
     assert filt(rgb, depth, poses, K, (L, L)).all()  # the chunk alone cannot tell it from furniture
     # Before the chunk the camera saw the wall where the box now stands.
-    history = (torch.full((1, 2, S, S, 3), 90, dtype=torch.uint8), torch.full((1, 2, S, S), 4.0), static_camera(2)[None])
+    history = (torch.full((1, 2, S, S, 3), 90, dtype=torch.uint8), torch.full((1, 2, S, S), 4.0),
+               static_camera(2)[None])
     result = filt.analyze(rgb, depth, poses, K, (L, L), history=history)
     on_object = pool_fraction(square, (L, L))
     assert result.keep.shape == (1, 4, L, L) and result.dynamic_pixels.shape == (1, 4, S, S)

@@ -623,7 +623,8 @@ def dream_to_real(
         if not final.is_file():
             # The script runs in agents/: a relative logdir would land there, where this check does not look.
             cmd = [python, str(script), "--env", env_id, "--generator", str(gen), "--total-timesteps", str(timesteps),
-                   "--seed", str(seed), "--logdir", str(logdir.resolve()), "--video-freq", "0", "--threads", str(threads),
+                   "--seed", str(seed), "--logdir", str(logdir.resolve()), "--video-freq", "0",
+                   "--threads", str(threads),
                    "--resume", *train_args]
             for key, value in options.items():
                 cmd += ["--env-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]

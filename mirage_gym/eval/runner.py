@@ -16,8 +16,8 @@ The generated frames and depth are scored with :mod:`mirage_gym.eval.consistency
   (the commanded motion of a step is spread evenly over its frames);
 * ``depth_abs_rel`` / ``fidelity_psnr`` -- against the ground truth where the scene was
   observed before (a generator cannot know what it never saw);
-* ``fidelity_start_psnr`` / ``depth_start_abs_rel`` -- the same, only where the *start frame* showed the surface: the one
-  real observation of a rollout, so this is how well the memory carries what it was given to other
+* ``fidelity_start_psnr`` / ``depth_start_abs_rel`` -- the same, only where the *start frame* showed the
+  surface: the one real observation of a rollout, so this is how well the memory carries what it was given to other
   viewpoints (``fidelity_psnr`` also counts surfaces first shown by generated frames, whose
   ground truth the generator never saw);
 * ``detail_cached`` / ``detail_new`` -- :func:`~mirage_gym.metrics.detail_ratio` of the generated

@@ -487,8 +487,11 @@ def test_stage2_without_depth_loss_is_the_run_it_was(tmp_path, config):
     state = load_tensors(tmp_path / "stage2" / CHECKPOINT)["modules"]["transformer"]
     expected = np.load(STAGE2_BEFORE_DEPTH_LOSS)
     assert set(expected.files) == set(state)
-    for key in expected.files:
-        np.testing.assert_allclose(state[key].numpy(), expected[key], rtol=0, atol=1e-5, err_msg=key)
+    # Float rounding differs between CPU kinds, most in the few weights that barely train (the cross-attention
+    # on the empty prompt): the reference (an Intel Xeon) and an AMD EPYC differ by 1.1e-6 on average, 2.1e-4 at
+    # most. A learning rate 1 % higher moves the weights by 1.25e-5 on average, another seed by 0.1.
+    differences = np.concatenate([np.abs(state[key].numpy() - expected[key]).ravel() for key in expected.files])
+    assert differences.mean() < 5e-6 and differences.max() < 1e-3
     # The clips now keep ground-truth token depth (what the depth loss scores against).
     clips = LatentClips(tmp_path / "stage2" / "clips")
     assert clips.gt_token_depth is not None and clips.gt_token_depth.shape == clips.token_depth.shape

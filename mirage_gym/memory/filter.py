@@ -203,27 +203,13 @@ class TokenFilter:
         self.cross_chunk_votes = cross_chunk_votes
         self.cross_chunk_align = bool(cross_chunk_align)
 
-    def __call__(
-        self,
-        rgb: Tensor,
-        depth: Tensor,
-        cam_to_world: Tensor,
-        intrinsics: Tensor,
-        latent_size: tuple[int, int],
-        history: tuple[Tensor, Tensor, Tensor] | None = None,
-    ) -> Tensor:
+    def __call__(self, rgb: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor,
+                 latent_size: tuple[int, int], history: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """``keep`` ``[B, T, h, w]`` bool; see :meth:`analyze`."""
         return self.analyze(rgb, depth, cam_to_world, intrinsics, latent_size, history).keep
 
-    def analyze(
-        self,
-        rgb: Tensor,
-        depth: Tensor,
-        cam_to_world: Tensor,
-        intrinsics: Tensor,
-        latent_size: tuple[int, int],
-        history: tuple[Tensor, Tensor, Tensor] | None = None,
-    ) -> FilterResult:
+    def analyze(self, rgb: Tensor, depth: Tensor, cam_to_world: Tensor, intrinsics: Tensor,
+                latent_size: tuple[int, int], history: tuple[Tensor, Tensor, Tensor] | None = None) -> FilterResult:
         """Filter one chunk.
 
         Args:

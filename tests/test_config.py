@@ -97,9 +97,9 @@ def test_build_generator_keeps_every_sampling_and_memory_setting():
     assert generator.anchor_depth is model.memory.anchor_depth is False
     anchored = dataclasses.replace(model, memory=dataclasses.replace(model.memory, anchor_depth=True))
     assert build_generator(anchored).anchor_depth is True
-    assert generator.filter_history == model.memory.filter_history == 0
-    remembering = dataclasses.replace(model, memory=dataclasses.replace(model.memory, filter_history=8))
-    assert build_generator(remembering).filter_history == 8
+    assert generator.filter_history == model.memory.filter_history == 8
+    forgetting = dataclasses.replace(model, memory=dataclasses.replace(model.memory, filter_history=0))
+    assert build_generator(forgetting).filter_history == 0
     bilinear = dataclasses.replace(model, memory=dataclasses.replace(model.memory, interpolation="bilinear"))
     generator = build_generator(bilinear)
     generator.start(torch.zeros(1, 128, 128, 3, dtype=torch.uint8), torch.eye(4)[None], intrinsics_from_fov(90.0, 128, 128))

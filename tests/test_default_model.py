@@ -28,6 +28,8 @@ def test_default_weights_ship_small_and_match_the_default_config():
     assert gen.cache_guidance == model.sampling.cache_guidance
     assert gen.transformer.config.num_layers == model.transformer.num_layers
     assert gen.vae.latent_channels == model.vae.latent_channels
+    assert gen.depth_head.config.hidden_channels == model.depth_head.hidden_channels
+    assert gen.filter_history == model.memory.filter_history
 
 
 def test_make_runs_the_default_model():
@@ -59,15 +61,6 @@ def test_default_autoencoder_keeps_colour():
     assert held_out["chroma_ratio"] > 0.6
 
 
-def test_default_depth_head_is_the_refined_one():
-    # The shipped head comes from `mirage-gym train depth` (context path, trained on encoded and
-    # generated latents): 0.138 abs-rel on these 8 held-out frames (0.202 on 256).
-    from mirage_gym.training.vae_stage import evaluate_stage1
-
-    gen = generators.load_generator("default")
-    assert gen.depth_head.config.context_levels > 0
-    held_out = evaluate_stage1(load_config("default"), FOLDER, frames=8)
-    assert held_out["depth_abs_rel_token"] < 0.20
 
 
 # ---------------------------------------------------------------------- regression guard of the autoencoder
@@ -95,3 +88,12 @@ def test_shipped_autoencoder_reaches_the_issue_16_lines(held_out_reconstruction,
 @pytest.mark.parametrize("figure", list(CURRENT))
 def test_shipped_autoencoder_does_not_regress(held_out_reconstruction, figure):
     assert held_out_reconstruction[figure] >= CURRENT[figure], (figure, held_out_reconstruction[figure])
+
+
+def test_shipped_depth_head_is_the_wide_one_and_does_not_regress(held_out_reconstruction):
+    # The shipped head comes from `mirage-gym train depth` (96 channels, context path, encoded and generated
+    # latents): token abs-rel 0.210 on these 32 frames (0.181 on 256). The 64-channel head it replaced scores
+    # 0.223 here, so a return to it, or any head as poor, fails.
+    head = generators.load_generator("default").depth_head
+    assert head.config.context_levels > 0 and head.config.hidden_channels == 96
+    assert held_out_reconstruction["depth_abs_rel_token"] < 0.215, held_out_reconstruction["depth_abs_rel_token"]

@@ -61,8 +61,6 @@ def test_default_autoencoder_keeps_colour():
     assert held_out["chroma_ratio"] > 0.6
 
 
-
-
 # ---------------------------------------------------------------------- regression guard of the autoencoder
 
 GUARD_FRAMES = 32  # held-out frames (the first 32 of `mirage-gym eval`'s 256): a fixed set, seconds to score

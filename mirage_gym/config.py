@@ -145,6 +145,7 @@ class DepthHeadConfig:
     min_depth: float  # metres: the head's output range is [min_depth, max_depth]
     max_depth: float
     context_levels: int = 0  # stride-2 levels of the U-Net context path (0: none)
+    context_blocks: int = 1  # residual blocks at each context level
 
 
 @dataclass(frozen=True)
@@ -407,7 +408,7 @@ def _migrate(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         section, name = _OLD_KEYS[key].split(".")
         target = model if section == "model" else training
         if key == "depth_head" and "steps" in value:  # the LoRA config mixed head and head training
-            arch = ("hidden_channels", "num_blocks", "min_depth", "max_depth", "context_levels")
+            arch = ("hidden_channels", "num_blocks", "min_depth", "max_depth", "context_levels", "context_blocks")
             model["depth_head"] = {**model.get("depth_head", {}), **{k: v for k, v in value.items() if k in arch}}
             training["lora_depth"] = {k: v for k, v in value.items() if k not in arch}
             moved[-1] = "depth_head -> model.depth_head (architecture) and training.lora_depth (its training)"

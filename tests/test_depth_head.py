@@ -16,10 +16,10 @@ def _far_cell_influence(head: DepthHead) -> float:
         return (head(z).token_depth[0, 0, 0] - head(moved).token_depth[0, 0, 0]).abs().item()
 
 
-@pytest.mark.parametrize("context_levels", [0, 2])
-def test_depth_is_in_range_at_token_and_pixel_resolution(context_levels: int) -> None:
+@pytest.mark.parametrize("context_levels, context_blocks", [(0, 1), (2, 1), (2, 3)])
+def test_depth_is_in_range_at_token_and_pixel_resolution(context_levels: int, context_blocks: int) -> None:
     head = DepthHead(latent_channels=4, spatial_factor=4, hidden_channels=8, num_blocks=1,
-                     context_levels=context_levels, min_depth=0.5, max_depth=8.0)
+                     context_levels=context_levels, context_blocks=context_blocks, min_depth=0.5, max_depth=8.0)
     out = head(torch.randn(3, 4, 5, 7) * 10)  # odd grids pass through the context path too
     assert out.token_depth.shape == (3, 5, 7)
     assert out.pixel_depth.shape == (3, 20, 28)
@@ -38,10 +38,10 @@ def test_context_levels_let_a_token_see_the_whole_view() -> None:
 
 
 def test_save_and_load_round_trip(tmp_path) -> None:
-    head = DepthHead(latent_channels=4, hidden_channels=8, num_blocks=1, context_levels=2).eval()
+    head = DepthHead(latent_channels=4, hidden_channels=8, num_blocks=1, context_levels=2, context_blocks=2).eval()
     head.save_pretrained(tmp_path / "depth_head")
     loaded = DepthHead.from_pretrained(tmp_path / "depth_head").eval()
-    assert loaded.config.context_levels == 2
+    assert loaded.config.context_levels == 2 and loaded.config.context_blocks == 2
     z = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(z).pixel_depth, head(z).pixel_depth)
@@ -51,6 +51,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     "kwargs, message",
     [
         ({"context_levels": -1}, "context_levels"),
+        ({"context_blocks": 0}, "context_blocks"),
         ({"spatial_factor": 6}, "power of two"),
         ({"min_depth": 2.0, "max_depth": 1.0}, "min_depth"),
         ({"latent_scale": 0.0}, "latent_scale"),

@@ -14,7 +14,9 @@ gives two outputs that share one trunk:
 Monocular depth needs the whole view (where the floor meets the far wall), more than a
 stack of 3x3 convolutions at latent resolution sees. ``context_levels`` adds a small
 U-Net path: the trunk's features are halved ``context_levels`` times, each level refined
-by a residual block, and the coarse context is upsampled back and added level by level.
+by ``context_blocks`` residual blocks, and the coarse context is upsampled back and added level by
+level. Blocks there are cheap (a quarter of a trunk block's work at the first level), and that is
+where a view is seen whole: a wall that fills the frame is told from one across the room there.
 
 The head reads latents in the space the generator works in, i.e. normalised by
 :class:`~mirage_gym.model.VideoVAE`. A head trained on the autoencoder's raw latents
@@ -68,6 +70,7 @@ class DepthHead(ModelMixin, ConfigMixin):
         num_blocks: residual blocks in the trunk.
         context_levels: stride-2 levels of the U-Net context path (0: none, the first
             default model's head).
+        context_blocks: residual blocks at each context level.
         min_depth, max_depth: the depth range in metres.
         latent_shift, latent_scale: the normalisation of the latents it is given, undone
             before the first layer (0 and 1: it reads them as they come).
@@ -81,6 +84,7 @@ class DepthHead(ModelMixin, ConfigMixin):
         hidden_channels: int = 64,
         num_blocks: int = 3,
         context_levels: int = 0,
+        context_blocks: int = 1,
         min_depth: float = 0.05,
         max_depth: float = 20.0,
         latent_shift: float = 0.0,
@@ -93,12 +97,17 @@ class DepthHead(ModelMixin, ConfigMixin):
             raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth} and {max_depth}")
         if context_levels < 0:
             raise ValueError(f"context_levels must be >= 0, got {context_levels}")
+        if context_blocks < 1:
+            raise ValueError(f"context_blocks must be >= 1, got {context_blocks}")
         if not latent_scale > 0:
             raise ValueError(f"latent_scale must be positive, got {latent_scale}")
         self.conv_in = nn.Conv2d(latent_channels, hidden_channels, 3, padding=1)
         self.trunk = nn.Sequential(*[_ResBlock(hidden_channels) for _ in range(num_blocks)])
         self.down = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(hidden_channels, hidden_channels, 3, stride=2, padding=1), _ResBlock(hidden_channels))
+            nn.Sequential(
+                nn.Conv2d(hidden_channels, hidden_channels, 3, stride=2, padding=1),
+                *[_ResBlock(hidden_channels) for _ in range(context_blocks)],
+            )
             for _ in range(context_levels)
         )
         self.up = nn.ModuleList(nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1) for _ in range(context_levels))

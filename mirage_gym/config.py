@@ -189,6 +189,7 @@ class MemoryConfig:
     voxel_size: float  # metres per voxel of the hashed store
     capacity: int  # voxels kept per scene
     interpolation: str = "nearest"  # how a read places tokens in a moved view: "nearest" cell or "bilinear"
+    footprint: int = 1  # cells a side a token covers at most when seen from nearer than it was written
     observed_margin: float | None = None  # keep generated tokens out of the start frames' observed space (None: off)
     anchor_depth: bool = False  # a chunk's depth in cached cells is the remembered surface's, not a fresh estimate
     filter_history: int = 0  # frames before a chunk the token filter also projects it into (0: the chunk alone)
@@ -493,6 +494,9 @@ def _check(config: Config, source: str) -> None:
     if model.memory.interpolation not in INTERPOLATIONS:
         raise ValueError(f"{source}: model.memory.interpolation must be one of {INTERPOLATIONS}, got "
                          f"{model.memory.interpolation!r}")
+    footprint = model.memory.footprint
+    if isinstance(footprint, bool) or not isinstance(footprint, int) or footprint < 1:
+        raise ValueError(f"{source}: model.memory.footprint must be an integer >= 1, got {footprint!r}")
     margin = model.memory.observed_margin
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
         raise ValueError(f"{source}: model.memory.observed_margin must be a number >= 0 or null, got {margin!r}")
@@ -618,7 +622,8 @@ def build_generator(
         transformer, vae, depth_head, scheduler, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
         num_inference_steps=sampling.num_inference_steps, shift=shift,
         voxel_size=model.memory.voxel_size, cache_capacity=model.memory.capacity,
-        cache_interpolation=model.memory.interpolation, observed_margin=model.memory.observed_margin,
+        cache_interpolation=model.memory.interpolation, cache_footprint=model.memory.footprint,
+        observed_margin=model.memory.observed_margin,
         anchor_depth=model.memory.anchor_depth, filter_history=model.memory.filter_history,
         context_frames=model.context_frames, cache_guidance=sampling.cache_guidance,
     )

@@ -52,6 +52,10 @@ def test_unknown_and_missing_keys_name_the_file_and_the_key(tmp_path):
     with pytest.raises(ValueError, match=f"{path}: model.memory.interpolation must be one of"):
         load_config(_write(tmp_path, data))
     data = load_config("default").to_dict()
+    data["model"]["memory"]["footprint"] = 0
+    with pytest.raises(ValueError, match=f"{path}: model.memory.footprint must be an integer >= 1, got 0"):
+        load_config(_write(tmp_path, data))
+    data = load_config("default").to_dict()
     data["model"]["memory"]["anchor_depth"] = "yes"
     with pytest.raises(ValueError, match=f"{path}: model.memory.anchor_depth must be"):
         load_config(_write(tmp_path, data))
@@ -94,9 +98,10 @@ def test_build_generator_keeps_every_sampling_and_memory_setting():
     assert generator.scheduler.config.shift == model.sampling.shift
     assert (generator.voxel_size, generator.cache_capacity) == (model.memory.voxel_size, model.memory.capacity)
     assert generator.cache_interpolation == model.memory.interpolation
-    assert generator.anchor_depth is model.memory.anchor_depth is False
-    anchored = dataclasses.replace(model, memory=dataclasses.replace(model.memory, anchor_depth=True))
-    assert build_generator(anchored).anchor_depth is True
+    assert generator.cache_footprint == model.memory.footprint
+    assert generator.anchor_depth is model.memory.anchor_depth is True
+    unanchored = dataclasses.replace(model, memory=dataclasses.replace(model.memory, anchor_depth=False))
+    assert build_generator(unanchored).anchor_depth is False
     assert generator.filter_history == model.memory.filter_history == 8
     forgetting = dataclasses.replace(model, memory=dataclasses.replace(model.memory, filter_history=0))
     assert build_generator(forgetting).filter_history == 0

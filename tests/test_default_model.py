@@ -30,6 +30,7 @@ def test_default_weights_ship_small_and_match_the_default_config():
     assert gen.vae.latent_channels == model.vae.latent_channels
     assert gen.depth_head.config.hidden_channels == model.depth_head.hidden_channels
     assert gen.filter_history == model.memory.filter_history
+    assert gen.cache_footprint == model.memory.footprint and gen.anchor_depth is model.memory.anchor_depth
 
 
 def test_make_runs_the_default_model():

@@ -258,14 +258,14 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     out = tmp_path / "results"
     code = main(["eval", "--generator", str(folder), "--out", str(out), "--quick", "--resolution", str(RESOLUTION),
                  "--chunk", str(CHUNK), "--kinds", "walk_and_return", "--observed-margin", "0.3", "--anchor-depth",
-                 "--filter-history", "2", "--no-progress"])
+                 "--filter-history", "2", "--cache-footprint", "3", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| mode |" in printed and "| latent |" in printed and "| oracle |" in printed
     data = json.loads((out / "eval.json").read_text())
     assert data["provenance"]["command"] and data["provenance"]["libraries"]["torch"] == torch.__version__
     assert data["config"]["args"]["observed_margin"] == 0.3 and data["config"]["args"]["anchor_depth"] is True
-    assert data["config"]["args"]["filter_history"] == 2
+    assert data["config"]["args"]["filter_history"] == 2 and data["config"]["args"]["cache_footprint"] == 3
     summary = data["results"]["summary"]
     assert set(summary) == {"latent", "pixel", "none", "oracle"}
     assert summary["none"]["memory_bytes"] == 0 < summary["latent"]["memory_bytes"] < summary["pixel"]["memory_bytes"]

@@ -150,6 +150,38 @@ def test_bilinear_read_does_not_mix_surfaces():
         assert near_cells.sum() > H and (out[:, 0][near_cells] == 0).all()
 
 
+# ---------------------------------------------------------------- footprint
+def test_footprint_keeps_a_wall_whole_from_nearer_and_changes_nothing_from_where_it_was_written():
+    # The wall x = 3 written from 2.7 m away (one cell spans 34 cm there), read from 0.7 m: each
+    # token's footprint is ~3.9 cells a side in the nearer view.
+    far, near = front_pose(0.3), front_pose(2.3)
+    depth, latents = wall_field(far)
+    reads = {}
+    for footprint in (1, 4):
+        cache = LatentCache(2, voxel_size=1e-3, max_footprint=footprint)
+        cache.write(latents, depth, far, K)
+        back = cache.read(far, K, H, W)
+        assert back[1].all() and torch.equal(back[0], latents)  # seen from where it was written: one cell each
+        reads[footprint] = cache.read(near, K, H, W, return_depth=True)
+    one, four = reads[1], reads[4]
+    assert one[1].float().mean() < 0.3 < 0.95 < four[1].float().mean()
+    # What fills the cells is the token whose footprint covers them: the latent of a point on the wall
+    # within half a footprint (here 2 cells of 4.4 cm) of the cell's own point, at the wall's depth.
+    truth_depth, truth = wall_field(near)
+    covered = four[1]
+    assert (four[0] - truth).abs().amax(dim=1)[covered].max() < 2 * 0.7 * 2 / W + 1e-4
+    torch.testing.assert_close(four[2][covered], truth_depth[covered], rtol=1e-4, atol=1e-4)
+
+
+def test_footprint_is_capped_at_max_footprint():
+    far, near = front_pose(0.3), front_pose(2.3)
+    depth, latents = wall_field(far)
+    cache = LatentCache(2, voxel_size=1e-3, max_footprint=2)
+    cache.write(latents, depth, far, K)
+    # Footprints of 2 cells a side, spaced ~3.9 apart: about a quarter of the view.
+    assert 0.15 < cache.read(near, K, H, W)[1].float().mean() < 0.45
+
+
 def test_round_trip_holds_for_any_depth_without_occlusion_test():
     cams = poses(3, seed=5)
     g = torch.Generator().manual_seed(3)
@@ -329,7 +361,7 @@ def test_scenes_are_independent_in_batched_use():
 def test_nbytes_counts_points_latents_keys_stamps():
     cache = LatentCache(C, voxel_size=1e-3, dtype=torch.bfloat16)
     _plane_write(cache, 0.0, tag=1.0)
-    per_token = 3 * 4 + C * 2 + 8 + 8 + 4  # xyz, latents, key, stamp, distance
+    per_token = 3 * 4 + C * 2 + 8 + 8 + 4 + 4  # xyz, latents, key, stamp, distance, extent
     assert cache.nbytes == 256 * per_token
 
 
@@ -337,7 +369,7 @@ def test_nbytes_counts_points_latents_keys_stamps():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_save_load_round_trip_is_exact(tmp_path, dtype):
     cache = LatentCache(C, voxel_size=0.02, capacity=400, num_scenes=2, policy="nearest", dtype=dtype, occlusion_margin=None,
-                        interpolation="bilinear")
+                        interpolation="bilinear", max_footprint=3)
     cams = poses(4, seed=2)
     cache.write(random_latents(4).to(dtype), room_depth(cams), cams, K, scene=torch.tensor([0, 1, 1, 0]))
     path = tmp_path / "cache.safetensors"
@@ -345,7 +377,7 @@ def test_save_load_round_trip_is_exact(tmp_path, dtype):
     loaded = LatentCache.load(path)
     assert_same_state(loaded, snapshot(cache))
     for attr in ("channels", "voxel_size", "capacity", "num_scenes", "policy", "dtype", "occlusion_margin", "occlusion_neighbors",
-                 "interpolation"):
+                 "interpolation", "max_footprint"):
         assert getattr(loaded, attr) == getattr(cache, attr)
     # The loaded cache keeps behaving identically, stamps included.
     more = poses(2, seed=9)
@@ -458,6 +490,8 @@ def test_bad_read_raises(name, bad):
         ("dtype", dict(dtype=torch.int32)),
         ("occlusion_margin", dict(occlusion_margin=-1.0)),
         ("interpolation", dict(interpolation="bicubic")),
+        ("max_footprint", dict(max_footprint=0)),
+        ("max_footprint", dict(max_footprint=2.0)),
     ],
 )
 def test_bad_configuration_raises(name, kwargs):

@@ -426,6 +426,38 @@ def test_anchor_depth_returns_the_cached_surface_where_the_memory_covers_the_vie
         make_generator(anchor_depth="yes")
 
 
+def test_the_token_filter_judges_an_anchored_chunk_by_the_heads_own_depth() -> None:
+    # Anchored cells carry the cache's depth, which agrees with the cache by construction; the filter
+    # must see the depth the head reads from the chunk, which is what it returns without anchoring.
+    images, poses, k = scene_inputs(2)
+    chunk = poses[:, None].repeat(1, 2, 1, 1)
+    seen, outs = {}, {}
+    for anchor in (False, True):
+        gen = make_generator("latent", anchor_depth=anchor)
+        judge = gen.token_filter
+
+        def spy(rgb, depth, *args, _anchor=anchor, _judge=judge, **kwargs):
+            seen[_anchor] = depth.clone()
+            return _judge(rgb, depth, *args, **kwargs)
+
+        gen.token_filter = spy
+        gen.start(images, poses, k)
+        outs[anchor] = gen.step(chunk, seeds(0, 1))
+    assert not torch.equal(outs[True].depth, outs[False].depth)  # anchoring changed what the chunk returns
+    torch.testing.assert_close(seen[True], outs[False].depth)
+    torch.testing.assert_close(seen[False], outs[False].depth)
+
+
+def test_cache_footprint_reaches_the_latent_cache() -> None:
+    images, poses, k = scene_inputs(1)
+    gen = make_generator("latent", cache_footprint=3)
+    gen.start(images, poses, k)
+    assert gen._store.max_footprint == 3
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="cache_footprint"):
+            make_generator(cache_footprint=bad)
+
+
 def test_generated_tokens_stay_out_of_the_space_the_start_frame_observed() -> None:
     images, poses, k = scene_inputs(2)
     # Half a field of view to the left: the chunk sees part of what the start frame saw, and new space.

@@ -255,6 +255,7 @@ def test_full_model_round_trip(tmp_path: Path) -> None:
         shift=4.0,
         anchor_depth=True,
         filter_history=6,
+        cache_footprint=3,
     ).eval()
     folder = gen.save_pretrained(tmp_path / "tiny")
     config = json.loads((folder / MIRAGE_CONFIG).read_text())
@@ -262,7 +263,7 @@ def test_full_model_round_trip(tmp_path: Path) -> None:
     assert all(p.suffix != ".bin" for p in folder.rglob("*"))  # safetensors only
     loaded = MirageGenerator.from_pretrained(folder)
     assert loaded.memory == "none" and loaded.num_inference_steps == 3 and loaded.scheduler.config.shift == 4.0
-    assert loaded.anchor_depth is True and loaded.filter_history == 6
+    assert loaded.anchor_depth is True and loaded.filter_history == 6 and loaded.cache_footprint == 3
     saved, restored = gen.state_dict(), loaded.state_dict()
     assert saved.keys() == restored.keys() and all(torch.equal(saved[k], restored[k]) for k in saved)
     # Same weights bit for bit; outputs agree up to BLAS rounding (freshly loaded storage may take other kernels).
@@ -376,6 +377,8 @@ def _weights_of(component: str, into: str):
      r"mirage_config\.json: 'observed_margin' must be null or a number >= 0, got -0\.1"),
     ("anchor_depth 1", lambda f: _edit_json(f / "mirage_config.json", anchor_depth=1),
      r"mirage_config\.json: 'anchor_depth' must be true or false, got 1"),
+    ("cache_footprint 0", lambda f: _edit_json(f / "mirage_config.json", cache_footprint=0),
+     r"mirage_config\.json: 'cache_footprint' must be an integer >= 1 \(cells\), got 0"),
     ("filter_history -1", lambda f: _edit_json(f / "mirage_config.json", filter_history=-1),
      r"mirage_config\.json: 'filter_history' must be an integer >= 0 \(frames\), got -1"),
     ("boundary_ratio without transformer_2", lambda f: _edit_json(f / "mirage_config.json", boundary_ratio=0.5),

@@ -26,6 +26,13 @@ def _frames(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _margin(text: str) -> float | str:
     if text == "off":
         return text
@@ -50,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
     parser.add_argument("--cache-interpolation", choices=INTERPOLATIONS, default=None,
                         help="how the cache places tokens in a moved view (default: the model's)")
+    parser.add_argument("--cache-footprint", type=_positive, default=None, metavar="N",
+                        help="cells a side a cached token covers at most when seen from nearer than it was written "
+                             "(default: the model's)")
     parser.add_argument("--cache-guidance", type=float, default=None,
                         help="hold cached cells to the cache while denoising, 0-1 (default: the model's)")
     parser.add_argument("--rewrite-cached", action=argparse.BooleanOptionalAction, default=None,
@@ -98,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cache_guidance is not None and not 0.0 <= args.cache_guidance <= 1.0:
         raise ValueError(f"--cache-guidance must be in [0, 1], got {args.cache_guidance}")
     overrides = {"cache_guidance": args.cache_guidance, "cache_interpolation": args.cache_interpolation,
+                 "cache_footprint": args.cache_footprint,
                  "rewrite_cached": args.rewrite_cached, "observed_margin": args.observed_margin,
                  "filter_history": args.filter_history, "anchor_depth": args.anchor_depth}
     for setting, value in overrides.items():  # None: the model's own

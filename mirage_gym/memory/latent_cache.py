@@ -96,6 +96,13 @@ class LatentCache:
     z-buffer still decides which cells are covered, so both modes cover the same cells, and a
     token read from its own camera stays in its own cell.
 
+    **Footprint** (``max_footprint``, default 1: off). A token describes one cell's worth of surface
+    as seen from where it was written; a camera ``r`` times nearer sees that surface span ``r`` cells
+    a side, and with one cell per token a wall the agent walks up to falls apart into scattered cells
+    the generator paints over. With ``max_footprint`` ``F > 1`` a token seen from nearer also takes the
+    cells its footprint covers (up to ``F`` a side, at its depth, in the z-buffer like any other), so
+    the remembered wall stays whole: enlarged, as coarse as the view it was written from.
+
     **Occlusion test** (``occlusion_margin``, default ``0.5``; ``None`` disables it). A
     token seen from closer than it was written covers less than a cell and leaves holes
     in near surfaces through which far tokens bleed. A cell is emptied when at least
@@ -127,6 +134,7 @@ class LatentCache:
         occlusion_margin: float | None = 0.5,
         occlusion_neighbors: int = 6,
         interpolation: str = "nearest",
+        max_footprint: int = 1,
     ) -> None:
         if not isinstance(channels, int) or channels <= 0:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
@@ -148,6 +156,8 @@ class LatentCache:
             raise ValueError(f"occlusion_neighbors must be an int in [1, 8], got {occlusion_neighbors!r}")
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        if isinstance(max_footprint, bool) or not isinstance(max_footprint, int) or max_footprint < 1:
+            raise ValueError(f"max_footprint must be an int >= 1, got {max_footprint!r}")
         self.channels = channels
         self.voxel_size = float(voxel_size)
         self.capacity = capacity
@@ -158,11 +168,12 @@ class LatentCache:
         self.occlusion_margin = None if occlusion_margin is None else float(occlusion_margin)
         self.occlusion_neighbors = occlusion_neighbors
         self.interpolation = interpolation
+        self.max_footprint = max_footprint
         self.frames_written = 0  # stamps come from this counter
         self._set_store(*self._empty_store())
 
     # ------------------------------------------------------------------ store
-    def _empty_store(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _empty_store(self) -> tuple[Tensor, ...]:
         dev = self.device
         return (
             torch.empty(0, dtype=torch.int64, device=dev),
@@ -170,23 +181,28 @@ class LatentCache:
             torch.empty(0, self.channels, dtype=self.dtype, device=dev),
             torch.empty(0, dtype=torch.int64, device=dev),
             torch.empty(0, dtype=torch.float32, device=dev),
+            torch.empty(0, dtype=torch.float32, device=dev),
         )
 
-    def _set_store(self, keys: Tensor, xyz: Tensor, latents: Tensor, stamps: Tensor, dist: Tensor) -> None:
-        self._keys, self._xyz, self._latents, self._stamps, self._dist = keys, xyz, latents, stamps, dist
+    def _set_store(
+        self, keys: Tensor, xyz: Tensor, latents: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor
+    ) -> None:
+        self._keys, self._xyz, self._latents, self._stamps = keys, xyz, latents, stamps
+        self._dist, self._extent = dist, extent
+
+    def _columns(self) -> tuple[Tensor, ...]:
+        return self._keys, self._xyz, self._latents, self._stamps, self._dist, self._extent
 
     def _select(self, index: Tensor) -> None:
-        self._set_store(
-            self._keys[index], self._xyz[index], self._latents[index], self._stamps[index], self._dist[index]
-        )
+        self._set_store(*(t[index] for t in self._columns()))
 
     def __len__(self) -> int:
         return self._keys.numel()
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the store: keys, points, latents, stamps and distances."""
-        return sum(t.numel() * t.element_size() for t in (self._keys, self._xyz, self._latents, self._stamps, self._dist))
+        """Bytes held by the store: keys, points, latents, stamps, distances and extents."""
+        return sum(t.numel() * t.element_size() for t in self._columns())
 
     def num_tokens(self, scene: int | None = None) -> int:
         """Tokens held for one scene (all scenes with ``None``)."""
@@ -221,6 +237,7 @@ class LatentCache:
         return (
             f"LatentCache(channels={self.channels}, voxel_size={self.voxel_size}, capacity={self.capacity}, "
             f"num_scenes={self.num_scenes}, policy={self.policy!r}, interpolation={self.interpolation!r}, "
+            f"max_footprint={self.max_footprint}, "
             f"tokens={len(self)}, nbytes={self.nbytes})"
         )
 
@@ -275,16 +292,17 @@ class LatentCache:
             )
         keys = pack_keys(coords, scene_ids[frame])
         dist = (xyz - poses[frame, :3, 3]).norm(dim=-1)
+        extent = depth.to(self.device, torch.float32).reshape(-1)[flat] / k[frame, 0, 0]  # metres one cell spans there
         stamps = self.frames_written + frame
 
         # ---- everything is validated: from here on the store changes.
-        self._merge(*self._deduplicate(keys, xyz, tokens, stamps, dist))
+        self._merge(*self._deduplicate(keys, xyz, tokens, stamps, dist, extent))
         self._evict(torch.unique(scene_ids))
         self.frames_written += n
 
     def _deduplicate(
-        self, keys: Tensor, xyz: Tensor, tokens: Tensor, stamps: Tensor, dist: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        self, keys: Tensor, xyz: Tensor, tokens: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor
+    ) -> tuple[Tensor, ...]:
         """One token per voxel among new tokens, chosen by the policy; sorted by key."""
         order = torch.arange(keys.numel(), device=self.device)
         if self.policy == "newest":  # key, then latest frame, then nearest
@@ -298,9 +316,9 @@ class LatentCache:
         winner = order[torch.cumsum(counts, 0) - counts]
         group = torch.repeat_interleave(torch.arange(unique_keys.numel(), device=self.device), counts)
         latest = torch.zeros_like(unique_keys).scatter_reduce(0, group, stamps[order], "amax", include_self=False)
-        return unique_keys, xyz[winner], tokens[winner], latest, dist[winner]
+        return unique_keys, xyz[winner], tokens[winner], latest, dist[winner], extent[winner]
 
-    def _merge(self, keys: Tensor, xyz: Tensor, tokens: Tensor, stamps: Tensor, dist: Tensor) -> None:
+    def _merge(self, keys: Tensor, xyz: Tensor, tokens: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor) -> None:
         """Merge sorted unique new tokens into the sorted store."""
         size = len(self)
         pos = torch.searchsorted(self._keys, keys)
@@ -314,6 +332,7 @@ class LatentCache:
         self._xyz[rows] = xyz[replace]
         self._latents[rows] = tokens[replace]
         self._dist[rows] = dist[replace]
+        self._extent[rows] = extent[replace]
         self._stamps[pos[hit]] = stamps[hit]  # new stamps are always the latest
 
         miss = ~hit
@@ -327,8 +346,7 @@ class LatentCache:
         old_pos = torch.arange(size, device=self.device) + torch.searchsorted(new_keys, self._keys)
         merged = []
         for old, new in zip(
-            (self._keys, self._xyz, self._latents, self._stamps, self._dist),
-            (new_keys, xyz[miss], tokens[miss], stamps[miss], dist[miss]),
+            self._columns(), (new_keys, xyz[miss], tokens[miss], stamps[miss], dist[miss], extent[miss]), strict=True
         ):
             out = old.new_empty((size + added, *old.shape[1:]))
             out[old_pos] = old
@@ -482,6 +500,8 @@ class LatentCache:
             view = torch.arange(m, device=self.device)[:, None].expand_as(valid)
             flat_cells = view * cells_per_view + cells[..., 0] * width + cells[..., 1]
             splat(zbuffer, flat_cells[valid], z[valid], index[valid])
+            if self.max_footprint > 1:
+                self._splat_footprints(zbuffer, uv, z, index, inside & valid, view, k[:, 0, 0], height, width)
         winner, depth, mask = resolve(zbuffer)
         depth, mask = depth.view(m, height, width), mask.view(m, height, width)
         if self.occlusion_margin is not None:
@@ -497,6 +517,38 @@ class LatentCache:
         if return_depth:
             return latents, mask, torch.where(mask, depth, torch.zeros_like(depth))
         return latents, mask
+
+    def _splat_footprints(
+        self, zbuffer: Tensor, uv: Tensor, z: Tensor, index: Tensor, visible: Tensor, view: Tensor, focal: Tensor,
+        height: int, width: int,
+    ) -> None:
+        """Also splat each token seen from nearer than it was written into the cells its footprint covers.
+
+        A token describes one cell's worth of surface where it was written (``extent`` metres a side,
+        the writing camera's cell at the token's depth); a camera with focal length ``f`` (in cells)
+        sees it at depth ``z`` span ``extent * f / z`` cells a side, counted up to ``max_footprint``.
+        """
+        cells = self._extent[index] * focal[:, None] / z.clamp(min=1e-6)
+        half = cells.clamp(max=self.max_footprint) / 2  # the footprint's half side, in cells
+        u, v = uv[..., 0], uv[..., 1]
+        big = visible & (half > 0.5)
+        u, v, z, index, half, view = (t[big] for t in (u, v, z, index, half, view))
+        # Only the tokens that won their own cell: a hidden token's footprint is hidden too.
+        cell = view * height * width + torch.floor(v).long() * width + torch.floor(u).long()
+        won = resolve(zbuffer)[0][cell] == index
+        u, v, z, index, half, view = (t[won] for t in (u, v, z, index, half, view))
+        reach = torch.ceil(half + 0.5).long()  # cells to look at on each side of the token's own
+        for r in torch.unique(reach).tolist():
+            pick = reach == r
+            offsets = torch.arange(-r, r + 1, device=self.device, dtype=u.dtype)
+            col = torch.floor(u[pick])[:, None, None] + offsets[None, None, :]
+            row = torch.floor(v[pick])[:, None, None] + offsets[None, :, None]
+            h = half[pick][:, None, None]
+            ok = ((col + 0.5 - u[pick][:, None, None]).abs() <= h) & ((row + 0.5 - v[pick][:, None, None]).abs() <= h)
+            ok &= (col >= 0) & (col < width) & (row >= 0) & (row < height)
+            flat = view[pick][:, None, None] * height * width + row.long() * width + col.long()
+            count = ok.sum(dim=(1, 2))
+            splat(zbuffer, flat[ok], z[pick].repeat_interleave(count), index[pick].repeat_interleave(count))
 
     def _bilinear(
         self, latents: Tensor, uv: Tensor, z: Tensor, index: Tensor, view: Tensor, depth: Tensor, covered: Tensor,
@@ -537,6 +589,7 @@ class LatentCache:
             "occlusion_margin": repr(self.occlusion_margin),
             "occlusion_neighbors": str(self.occlusion_neighbors),
             "interpolation": self.interpolation,
+            "max_footprint": str(self.max_footprint),
             "frames_written": str(self.frames_written),
         }
         tensors = {
@@ -545,6 +598,7 @@ class LatentCache:
             "latents": self._latents,
             "stamps": self._stamps,
             "dist": self._dist,
+            "extent": self._extent,
         }
         tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -589,6 +643,7 @@ class LatentCache:
                 occlusion_margin=None if margin == "None" else float(margin),
                 occlusion_neighbors=int(metadata["occlusion_neighbors"]),
                 interpolation=metadata.get("interpolation", "nearest"),  # files from before bilinear reads
+                max_footprint=int(metadata.get("max_footprint", "1")),  # files from before footprints
             )
             cache.frames_written = int(metadata["frames_written"])
             cache._load_store(tensors)
@@ -597,7 +652,9 @@ class LatentCache:
         return cache
 
     def _load_store(self, tensors: dict[str, Tensor]) -> None:
-        expected = dict(zip(("keys", "xyz", "latents", "stamps", "dist"), self._empty_store()))
+        expected = dict(zip(("keys", "xyz", "latents", "stamps", "dist", "extent"), self._empty_store(), strict=True))
+        if "extent" not in tensors and "keys" in tensors:  # files from before footprints: no extents, no footprints
+            tensors = {**tensors, "extent": torch.zeros(tensors["keys"].shape[0])}
         if set(tensors) != set(expected):
             raise ValueError(f"tensors {sorted(tensors)} instead of {sorted(expected)}")
         size = tensors["keys"].shape[0]

@@ -165,6 +165,8 @@ class MirageGenerator(nn.Module):
         shift: overrides the scheduler's (flow) shift.
         voxel_size, cache_capacity: of the :class:`LatentCache` (``capacity`` per scene).
         cache_interpolation: the cache's read, ``"nearest"`` or ``"bilinear"`` (:class:`LatentCache`).
+        cache_footprint: the most cells a side a cached token covers when seen from nearer than it was
+            written (:class:`LatentCache` ``max_footprint``; 1: one cell).
         context_frames: clean latent frames of the past that precede each chunk.
         cache_guidance: in ``[0, 1]``, how hard cached cells are held to the cache during
             denoising (see the module docstring); 0 leaves it to the model.
@@ -205,6 +207,7 @@ class MirageGenerator(nn.Module):
         voxel_size: float = 0.05,
         cache_capacity: int = 200_000,
         cache_interpolation: str = "nearest",
+        cache_footprint: int = 1,
         context_frames: int = 2,
         cache_guidance: float = 0.0,
         rewrite_cached: bool = False,
@@ -264,6 +267,8 @@ class MirageGenerator(nn.Module):
             raise ValueError(f"filter_history must be an int >= 0, got {filter_history!r}")
         if cache_interpolation not in INTERPOLATIONS:
             raise ValueError(f"cache_interpolation must be one of {INTERPOLATIONS}, got {cache_interpolation!r}")
+        if isinstance(cache_footprint, bool) or not isinstance(cache_footprint, int) or cache_footprint < 1:
+            raise ValueError(f"cache_footprint must be an int >= 1, got {cache_footprint!r}")
         text_dim = int(transformer.config.text_dim)
         if prompt_embeds is not None:
             if prompt_embeds.dim() == 2:
@@ -286,6 +291,7 @@ class MirageGenerator(nn.Module):
         self.voxel_size = voxel_size
         self.cache_capacity = cache_capacity
         self.cache_interpolation = cache_interpolation
+        self.cache_footprint = cache_footprint
         self.context_frames = context_frames
         self.cache_guidance = float(cache_guidance)
         self.rewrite_cached = bool(rewrite_cached)
@@ -461,7 +467,7 @@ class MirageGenerator(nn.Module):
         if self.memory == "latent":
             return LatentCache(
                 self.latent_channels, self.voxel_size, self.cache_capacity, num_scenes=num_scenes, device=self.device,
-                interpolation=self.cache_interpolation,
+                interpolation=self.cache_interpolation, max_footprint=self.cache_footprint,
             )
         if self.memory == "pixel":
             return PointCloudMemory(device=self.device)
@@ -824,23 +830,26 @@ class MirageGenerator(nn.Module):
             raise RuntimeError(f"the VAE decoded {frames.shape[1]} frames for a chunk of {n}")
         rgb = self._to_uint8(frames)
         token_depth, latent_pixel_depth = self._depth(latents)
-        if self.anchor_depth and cached_depth is not None:
-            token_depth, latent_pixel_depth = self._anchor_depth(token_depth, latent_pixel_depth, mask, cached_depth)
         # Pixel frame j belongs to latent frame ceil(j / f) (frame 0 alone, then groups of f).
         owner = (torch.arange(n, device=self.device) + f - 1) // f
+        # The token filter judges the chunk by the head's own estimate: anchored cells carry the cache's
+        # depth, which agrees with the cache by construction and so is no evidence of what moved.
+        shown_depth = latent_pixel_depth[:, owner]
+        if self.anchor_depth and cached_depth is not None:
+            token_depth, latent_pixel_depth = self._anchor_depth(token_depth, latent_pixel_depth, mask, cached_depth)
         pixel_depth = latent_pixel_depth[:, owner]
         timer.lap("decode")
         if not self.filter_history or self._history is None:
-            keep = self.token_filter(rgb, pixel_depth, cam_to_world, self._intrinsics, latent_size=(h, w))
+            keep = self.token_filter(rgb, shown_depth, cam_to_world, self._intrinsics, latent_size=(h, w))
         else:
-            keep = self.token_filter(rgb, pixel_depth, cam_to_world, self._intrinsics, latent_size=(h, w),
+            keep = self.token_filter(rgb, shown_depth, cam_to_world, self._intrinsics, latent_size=(h, w),
                                      history=self._history)
             self._history = tuple(torch.cat([past, now], dim=1)[:, -self.filter_history:].contiguous()
-                                  for past, now in zip(self._history, (rgb, pixel_depth, cam_to_world), strict=True))
+                                  for past, now in zip(self._history, (rgb, shown_depth, cam_to_world), strict=True))
         freed = None
         if self.memory == "latent" and getattr(self.token_filter, "cross_chunk", False):
             # Cross-chunk check: cached tokens this chunk sees through have moved away; drop them.
-            freed = self.token_filter.carve(self._store, pixel_depth, cam_to_world, self._intrinsics, (h, w))
+            freed = self.token_filter.carve(self._store, shown_depth, cam_to_world, self._intrinsics, (h, w))
         if not self.rewrite_cached and self.memory == "latent":  # the pixel baseline appends every frame, as published
             cached = mask[:, owner] if freed is None else mask[:, owner] & ~freed
             keep = keep & ~cached

@@ -80,7 +80,8 @@ FORMAT_FULL, FORMAT_LORA = "mirage", "mirage-lora"
 ADAPTER = "mirage"
 # Generator keyword arguments recorded in mirage_config.json, so a folder reproduces its sampler.
 GENERATOR_SETTINGS = (
-    "memory", "num_inference_steps", "voxel_size", "cache_capacity", "cache_interpolation", "context_frames",
+    "memory", "num_inference_steps", "voxel_size", "cache_capacity", "cache_interpolation", "cache_footprint",
+    "context_frames",
     "cache_guidance", "rewrite_cached", "observed_margin", "anchor_depth",
     "filter_history",
 )
@@ -147,6 +148,7 @@ _SETTING_RULES: dict[str, tuple[Any, str]] = {
     "voxel_size": (lambda v: _is_number(v) and v > 0, "a number > 0 (metres)"),
     "cache_capacity": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (voxels)"),
     "cache_interpolation": (lambda v: v in INTERPOLATIONS, "one of " + ", ".join(map(repr, INTERPOLATIONS))),
+    "cache_footprint": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (cells)"),
     "context_frames": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "cache_guidance": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "rewrite_cached": (lambda v: isinstance(v, bool), "true or false"),

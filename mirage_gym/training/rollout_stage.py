@@ -52,6 +52,7 @@ def _rollout_generator(base: MirageGenerator, steps: int | None) -> MirageGenera
         base.transformer, base.vae, base.depth_head, base.scheduler, memory="latent",
         num_inference_steps=steps or base.num_inference_steps, voxel_size=base.voxel_size,
         cache_capacity=base.cache_capacity, cache_interpolation=base.cache_interpolation,
+        cache_footprint=base.cache_footprint,
         context_frames=base.context_frames, cache_guidance=base.cache_guidance, rewrite_cached=base.rewrite_cached,
         observed_margin=base.observed_margin, anchor_depth=base.anchor_depth, filter_history=base.filter_history,
         token_filter=base.token_filter,

@@ -501,7 +501,7 @@ class LatentCache:
             flat_cells = view * cells_per_view + cells[..., 0] * width + cells[..., 1]
             splat(zbuffer, flat_cells[valid], z[valid], index[valid])
             if self.max_footprint > 1:
-                self._splat_footprints(zbuffer, uv, z, index, inside & valid, view, k[:, 0, 0], height, width)
+                self._splat_footprints(zbuffer, uv, z, index, inside, view, k[:, 0, 0], height, width)
         winner, depth, mask = resolve(zbuffer)
         depth, mask = depth.view(m, height, width), mask.view(m, height, width)
         if self.occlusion_margin is not None:
@@ -519,7 +519,7 @@ class LatentCache:
         return latents, mask
 
     def _splat_footprints(
-        self, zbuffer: Tensor, uv: Tensor, z: Tensor, index: Tensor, visible: Tensor, view: Tensor, focal: Tensor,
+        self, zbuffer: Tensor, uv: Tensor, z: Tensor, index: Tensor, inside: Tensor, view: Tensor, focal: Tensor,
         height: int, width: int,
     ) -> None:
         """Also splat each token seen from nearer than it was written into the cells its footprint covers.
@@ -528,15 +528,21 @@ class LatentCache:
         the writing camera's cell at the token's depth); a camera with focal length ``f`` (in cells)
         sees it at depth ``z`` span ``extent * f / z`` cells a side, counted up to ``max_footprint``.
         """
-        cells = self._extent[index] * focal[:, None] / z.clamp(min=1e-6)
-        half = cells.clamp(max=self.max_footprint) / 2  # the footprint's half side, in cells
+        # Only the tokens that win their own cell spread: a hidden token's footprint is hidden too. The
+        # contest runs on the grid grown by the largest reach, so tokens just outside the view that
+        # reach into it take part.
+        margin = self.max_footprint // 2 + 1
+        grown_h, grown_w = height + 2 * margin, width + 2 * margin
         u, v = uv[..., 0], uv[..., 1]
-        big = visible & (half > 0.5)
-        u, v, z, index, half, view = (t[big] for t in (u, v, z, index, half, view))
-        # Only the tokens that won their own cell: a hidden token's footprint is hidden too.
-        cell = view * height * width + torch.floor(v).long() * width + torch.floor(u).long()
-        won = resolve(zbuffer)[0][cell] == index
-        u, v, z, index, half, view = (t[won] for t in (u, v, z, index, half, view))
+        col, row = torch.floor(u).long() + margin, torch.floor(v).long() + margin
+        front = inside & (z > 1e-3) & (col >= 0) & (col < grown_w) & (row >= 0) & (row < grown_h)
+        cell = view * grown_h * grown_w + row.clamp(0, grown_h - 1) * grown_w + col.clamp(0, grown_w - 1)
+        contest = new_zbuffer(view.shape[0] * grown_h * grown_w, self.device)
+        splat(contest, cell[front], z[front], index[front])
+        won = front & (resolve(contest)[0][cell] == index)
+        half = (self._extent[index] * focal[:, None] / z.clamp(min=1e-6)).clamp(max=self.max_footprint) / 2
+        spread = won & (half > 0.5)  # half a cell or less: the token's own cell is its footprint
+        u, v, z, index, half, view = (t[spread] for t in (u, v, z, index, half, view))
         reach = torch.ceil(half + 0.5).long()  # cells to look at on each side of the token's own
         for r in torch.unique(reach).tolist():
             pick = reach == r

@@ -495,13 +495,14 @@ class LatentCache:
             inside = span[None, :] < (ends - starts)[:, None]
             index = torch.where(inside, starts[:, None] + span[None, :], torch.zeros_like(span)[None, :])
             uv, z = project(self._xyz[index], k, poses)
-            cells, valid = points_to_cells(uv, z, height, width)
-            valid &= inside
-            view = torch.arange(m, device=self.device)[:, None].expand_as(valid)
-            flat_cells = view * cells_per_view + cells[..., 0] * width + cells[..., 1]
-            splat(zbuffer, flat_cells[valid], z[valid], index[valid])
-            if self.max_footprint > 1:
+            view = torch.arange(m, device=self.device)[:, None].expand_as(inside)
+            if self.max_footprint > 1:  # each token in its own cell and in the cells its footprint covers
                 self._splat_footprints(zbuffer, uv, z, index, inside, view, k[:, 0, 0], height, width)
+            else:
+                cells, valid = points_to_cells(uv, z, height, width)
+                valid &= inside
+                flat_cells = view * cells_per_view + cells[..., 0] * width + cells[..., 1]
+                splat(zbuffer, flat_cells[valid], z[valid], index[valid])
         winner, depth, mask = resolve(zbuffer)
         depth, mask = depth.view(m, height, width), mask.view(m, height, width)
         if self.occlusion_margin is not None:
@@ -522,7 +523,8 @@ class LatentCache:
         self, zbuffer: Tensor, uv: Tensor, z: Tensor, index: Tensor, inside: Tensor, view: Tensor, focal: Tensor,
         height: int, width: int,
     ) -> None:
-        """Also splat each token seen from nearer than it was written into the cells its footprint covers.
+        """Splat every token into its own cell, and one seen from nearer than it was written also into the cells
+        its footprint covers.
 
         A token describes one cell's worth of surface where it was written (``extent`` metres a side,
         the writing camera's cell at the token's depth); a camera with focal length ``f`` (in cells)
@@ -540,6 +542,8 @@ class LatentCache:
         contest = new_zbuffer(view.shape[0] * grown_h * grown_w, self.device)
         splat(contest, cell[front], z[front], index[front])
         won = front & (resolve(contest)[0][cell] == index)
+        # The contest's interior is the plain one-cell-per-token splat of the view itself.
+        zbuffer.copy_(contest.view(-1, grown_h, grown_w)[:, margin:margin + height, margin:margin + width].reshape(-1))
         half = (self._extent[index] * focal[:, None] / z.clamp(min=1e-6)).clamp(max=self.max_footprint) / 2
         spread = won & (half > 0.5)  # half a cell or less: the token's own cell is its footprint
         u, v, z, index, half, view = (t[spread] for t in (u, v, z, index, half, view))

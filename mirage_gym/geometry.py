@@ -39,6 +39,7 @@ __all__ = [
     "pixel_centers",
     "camera_rays",
     "backproject",
+    "grid_tangents",
     "project",
     "points_to_cells",
     "invert_pose",
@@ -208,6 +209,42 @@ def backproject(depth: Tensor, intrinsics: Tensor, cam_to_world: Tensor) -> Tens
     rot = cam_to_world[:, None, None, :3, :3]
     trans = cam_to_world[:, None, None, :3, 3]
     return (rot @ points_cam[..., None])[..., 0] + trans
+
+
+def grid_tangents(points: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """The surface's step from each cell of a grid of points ``[N, h, w, 3]`` to its next cell along ``u``
+    (columns) and along ``v`` (rows), each ``[N, h, w, 3]``: zero where no ``valid`` neighbour exists.
+
+    Each is a one-sided difference to a valid neighbour. Next to a corner or a depth edge one side
+    lies on the cell's own surface and the other does not; the side taken is the one whose next step
+    turns least (three points in a line: one flat surface), else, with no two valid neighbours on
+    either side, the side whose neighbour is nearer.
+    """
+
+    def tangent(dim: int) -> Tensor:
+        def shifted(x: Tensor, step: int) -> Tensor:  # out[i] = x[i + step] along dim; the border left empty
+            out = torch.zeros_like(x)
+            size = x.shape[dim]
+            if size > abs(step):
+                out.narrow(dim, max(-step, 0), size - abs(step)).copy_(x.narrow(dim, max(step, 0), size - abs(step)))
+            return out
+
+        sides = []
+        for sign in (1, -1):
+            one, two = shifted(points, sign), shifted(points, 2 * sign)
+            step, beyond = (one - points) * sign, (two - one) * sign
+            ok = valid & shifted(valid, sign)
+            gap = torch.where(ok, step.norm(dim=-1), torch.full_like(step[..., 0], float("inf")))
+            # 1 - cos of the turn between this step and the next one: 0 along a flat surface.
+            turn = 1.0 - (step * beyond).sum(-1) / (step.norm(dim=-1) * beyond.norm(dim=-1)).clamp_min(1e-12)
+            turn = torch.where(ok & shifted(valid, 2 * sign), turn, torch.full_like(turn, float("inf")))
+            sides.append((step, ok, gap, turn))
+        (ahead, ok_ahead, gap_ahead, turn_ahead), (behind, ok_behind, gap_behind, turn_behind) = sides
+        take_ahead = torch.where(turn_ahead != turn_behind, turn_ahead < turn_behind, gap_ahead <= gap_behind)
+        step = torch.where(take_ahead[..., None], ahead, behind)
+        return torch.where((ok_ahead | ok_behind)[..., None], step, torch.zeros_like(step))
+
+    return tangent(2), tangent(1)
 
 
 def project(points: Tensor, intrinsics: Tensor, cam_to_world: Tensor) -> tuple[Tensor, Tensor]:

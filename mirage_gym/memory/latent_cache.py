@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from mirage_gym.geometry import points_to_cells, project
+from mirage_gym.geometry import grid_tangents, points_to_cells, project
 from mirage_gym.memory.filter import seen_through
 from mirage_gym.memory.checks import check_intrinsics, check_mask, check_poses, check_scenes, check_tensor, lift_valid
 from mirage_gym.memory.voxel_keys import COORD_LIMIT, MAX_SCENES, pack_keys, scene_bounds, voxel_coords
@@ -33,6 +33,11 @@ INTERPOLATIONS = ("nearest", "bilinear")
 _SURFACE_TOLERANCE = 0.1
 _MIN_WEIGHT = 1e-3
 _FORMAT = "mirage_gym.LatentCache/1"
+# A cell's step to its neighbour along a surface seen at a slant is up to this many times what it spans face-on
+# (1 / cos of the slant); a longer step crosses a depth edge rather than a surface.
+_MAX_SLANT = 4.0
+# A footprint covers a cell another token holds as its own only where it lies this much (relative depth) in front.
+_FOOTPRINT_MARGIN = 0.3
 
 
 def gather_ranges(starts: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,8 +105,15 @@ class LatentCache:
     as seen from where it was written; a camera ``r`` times nearer sees that surface span ``r`` cells
     a side, and with one cell per token a wall the agent walks up to falls apart into scattered cells
     the generator paints over. With ``max_footprint`` ``F > 1`` a token seen from nearer also takes the
-    cells its footprint covers (up to ``F`` a side, at its depth, in the z-buffer like any other), so
-    the remembered wall stays whole: enlarged, as coarse as the view it was written from.
+    cells its footprint covers (up to ``F`` a side), so the remembered wall stays whole: enlarged, as
+    coarse as the view it was written from. The footprint is the token's surface patch, oriented: at
+    write time each token keeps half its grid step to the next cell along each axis, on its own
+    surface (:func:`~mirage_gym.geometry.grid_tangents`), and a cell is covered where its ray meets
+    that patch, at the depth where it meets it. A floor or a wall seen at a slant covers the
+    foreshortened quad it spans, receding with the surface, not an upright square (which would stand
+    as a false obstacle in the depth). A footprint takes a cell another token holds as its own only
+    where it lies clearly (``_FOOTPRINT_MARGIN``) in front: on the same surface the token's own cell
+    is the better estimate.
 
     **Occlusion test** (``occlusion_margin``, default ``0.5``; ``None`` disables it). A
     token seen from closer than it was written covers less than a cell and leaves holes
@@ -182,16 +194,17 @@ class LatentCache:
             torch.empty(0, dtype=torch.int64, device=dev),
             torch.empty(0, dtype=torch.float32, device=dev),
             torch.empty(0, dtype=torch.float32, device=dev),
+            torch.empty(0, 2, 3, dtype=torch.float32, device=dev),
         )
 
     def _set_store(
-        self, keys: Tensor, xyz: Tensor, latents: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor
+        self, keys: Tensor, xyz: Tensor, latents: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor, patch: Tensor
     ) -> None:
         self._keys, self._xyz, self._latents, self._stamps = keys, xyz, latents, stamps
-        self._dist, self._extent = dist, extent
+        self._dist, self._extent, self._patch = dist, extent, patch
 
     def _columns(self) -> tuple[Tensor, ...]:
-        return self._keys, self._xyz, self._latents, self._stamps, self._dist, self._extent
+        return self._keys, self._xyz, self._latents, self._stamps, self._dist, self._extent, self._patch
 
     def _select(self, index: Tensor) -> None:
         self._set_store(*(t[index] for t in self._columns()))
@@ -201,7 +214,7 @@ class LatentCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the store: keys, points, latents, stamps, distances and extents."""
+        """Bytes held by the store: keys, points, latents, stamps, distances, extents and patches."""
         return sum(t.numel() * t.element_size() for t in self._columns())
 
     def num_tokens(self, scene: int | None = None) -> int:
@@ -279,7 +292,8 @@ class LatentCache:
             keep = check_mask("keep", keep, (n, h, w)).to(self.device)
         scene_ids = check_scenes("scene", scene, n, self.num_scenes, self.device)
 
-        valid, points = lift_valid(depth, keep, k, poses)
+        surface, points = lift_valid(depth, None, k, poses)
+        valid = surface if keep is None else surface & keep
         flat = valid.reshape(-1)
         xyz = points.reshape(-1, 3)[flat]
         tokens = latents.to(self.device, self.dtype).permute(0, 2, 3, 1).reshape(-1, c)[flat]
@@ -292,16 +306,36 @@ class LatentCache:
             )
         keys = pack_keys(coords, scene_ids[frame])
         dist = (xyz - poses[frame, :3, 3]).norm(dim=-1)
-        extent = depth.to(self.device, torch.float32).reshape(-1)[flat] / k[frame, 0, 0]  # metres one cell spans there
+        depth = depth.to(self.device, torch.float32)
+        span = torch.where(surface, depth, torch.zeros_like(depth)) / k[:, 0, 0, None, None]  # metres a cell spans there
+        extent = span.reshape(-1)[flat]
+        patch = self._patches(points, surface, poses, span).reshape(-1, 2, 3)[flat]
         stamps = self.frames_written + frame
 
         # ---- everything is validated: from here on the store changes.
-        self._merge(*self._deduplicate(keys, xyz, tokens, stamps, dist, extent))
+        self._merge(*self._deduplicate(keys, xyz, tokens, stamps, dist, extent, patch))
         self._evict(torch.unique(scene_ids))
         self.frames_written += n
 
+    @staticmethod
+    def _patches(points: Tensor, surface: Tensor, poses: Tensor, span: Tensor) -> Tensor:
+        """The surface patch each cell of ``N`` grids saw: two half-axes ``[N, h, w, 2, 3]`` in the world.
+
+        Half the surface's step to the next cell along each grid axis (:func:`grid_tangents`): a wall seen
+        face-on gives a square of ``span`` (metres a cell spans at its depth) a side, a floor or a wall seen
+        at a slant a patch stretched along the slant. A step longer than ``_MAX_SLANT`` spans crosses a
+        depth edge (or there is no neighbour): that axis is taken facing the writing camera.
+        """
+        du, dv = grid_tangents(points, surface)
+        axes = []
+        for step, camera_axis in ((du, poses[:, None, None, :3, 0]), (dv, poses[:, None, None, :3, 1])):
+            length = step.norm(dim=-1)
+            sound = (length > 0) & (length <= _MAX_SLANT * span)
+            axes.append(torch.where(sound[..., None], step, camera_axis * span[..., None]) / 2)
+        return torch.stack(axes, dim=-2)
+
     def _deduplicate(
-        self, keys: Tensor, xyz: Tensor, tokens: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor
+        self, keys: Tensor, xyz: Tensor, tokens: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor, patch: Tensor
     ) -> tuple[Tensor, ...]:
         """One token per voxel among new tokens, chosen by the policy; sorted by key."""
         order = torch.arange(keys.numel(), device=self.device)
@@ -316,9 +350,11 @@ class LatentCache:
         winner = order[torch.cumsum(counts, 0) - counts]
         group = torch.repeat_interleave(torch.arange(unique_keys.numel(), device=self.device), counts)
         latest = torch.zeros_like(unique_keys).scatter_reduce(0, group, stamps[order], "amax", include_self=False)
-        return unique_keys, xyz[winner], tokens[winner], latest, dist[winner], extent[winner]
+        return unique_keys, xyz[winner], tokens[winner], latest, dist[winner], extent[winner], patch[winner]
 
-    def _merge(self, keys: Tensor, xyz: Tensor, tokens: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor) -> None:
+    def _merge(
+        self, keys: Tensor, xyz: Tensor, tokens: Tensor, stamps: Tensor, dist: Tensor, extent: Tensor, patch: Tensor
+    ) -> None:
         """Merge sorted unique new tokens into the sorted store."""
         size = len(self)
         pos = torch.searchsorted(self._keys, keys)
@@ -333,6 +369,7 @@ class LatentCache:
         self._latents[rows] = tokens[replace]
         self._dist[rows] = dist[replace]
         self._extent[rows] = extent[replace]
+        self._patch[rows] = patch[replace]
         self._stamps[pos[hit]] = stamps[hit]  # new stamps are always the latest
 
         miss = ~hit
@@ -346,7 +383,9 @@ class LatentCache:
         old_pos = torch.arange(size, device=self.device) + torch.searchsorted(new_keys, self._keys)
         merged = []
         for old, new in zip(
-            self._columns(), (new_keys, xyz[miss], tokens[miss], stamps[miss], dist[miss], extent[miss]), strict=True
+            self._columns(),
+            (new_keys, xyz[miss], tokens[miss], stamps[miss], dist[miss], extent[miss], patch[miss]),
+            strict=True,
         ):
             out = old.new_empty((size + added, *old.shape[1:]))
             out[old_pos] = old
@@ -497,7 +536,7 @@ class LatentCache:
             uv, z = project(self._xyz[index], k, poses)
             view = torch.arange(m, device=self.device)[:, None].expand_as(inside)
             if self.max_footprint > 1:  # each token in its own cell and in the cells its footprint covers
-                self._splat_footprints(zbuffer, uv, z, index, inside, view, k[:, 0, 0], height, width)
+                self._splat_footprints(zbuffer, uv, z, index, inside, view, k, poses, height, width)
             else:
                 cells, valid = points_to_cells(uv, z, height, width)
                 valid &= inside
@@ -520,15 +559,18 @@ class LatentCache:
         return latents, mask
 
     def _splat_footprints(
-        self, zbuffer: Tensor, uv: Tensor, z: Tensor, index: Tensor, inside: Tensor, view: Tensor, focal: Tensor,
-        height: int, width: int,
+        self, zbuffer: Tensor, uv: Tensor, z: Tensor, index: Tensor, inside: Tensor, view: Tensor, k: Tensor,
+        poses: Tensor, height: int, width: int,
     ) -> None:
         """Splat every token into its own cell, and one seen from nearer than it was written also into the cells
-        its footprint covers.
+        its surface patch covers.
 
-        A token describes one cell's worth of surface where it was written (``extent`` metres a side,
-        the writing camera's cell at the token's depth); a camera with focal length ``f`` (in cells)
-        sees it at depth ``z`` span ``extent * f / z`` cells a side, counted up to ``max_footprint``.
+        A token describes the patch of surface its cell saw where it was written (``_patch``: two
+        half-axes in the surface's plane). A cell of the reading camera (``k``, ``poses``) is covered when
+        the ray through its centre meets the token's plane inside that patch, at the depth where it
+        meets it: a wall seen face-on covers a square, a floor or a wall seen at a slant the foreshortened
+        quad it really spans, with the depth rising across it as the surface recedes. Coverage is counted
+        up to ``max_footprint`` cells a side.
         """
         # Only the tokens that win their own cell spread: a hidden token's footprint is hidden too. The
         # contest runs on the grid grown by the largest reach, so tokens just outside the view that
@@ -544,21 +586,57 @@ class LatentCache:
         won = front & (resolve(contest)[0][cell] == index)
         # The contest's interior is the plain one-cell-per-token splat of the view itself.
         zbuffer.copy_(contest.view(-1, grown_h, grown_w)[:, margin:margin + height, margin:margin + width].reshape(-1))
-        half = (self._extent[index] * focal[:, None] / z.clamp(min=1e-6)).clamp(max=self.max_footprint) / 2
-        spread = won & (half > 0.5)  # half a cell or less: the token's own cell is its footprint
-        u, v, z, index, half, view = (t[spread] for t in (u, v, z, index, half, view))
-        reach = torch.ceil(half + 0.5).long()  # cells to look at on each side of the token's own
-        for r in torch.unique(reach).tolist():
-            pick = reach == r
+
+        u, v, z, index, view = (t[won] for t in (u, v, z, index, view))
+        fx, fy, cx, cy = k[view, 0, 0], k[view, 1, 1], k[view, 0, 2], k[view, 1, 2]
+        centre = torch.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], dim=-1)  # the token, camera frame
+        axes = self._patch[index] @ poses[view, :3, :3]  # world half-axes -> camera frame (rows: R^T a)
+        # Tokens of files from before oriented patches face the reader: a square of ``extent`` a side.
+        unknown = (self._patch[index] == 0).flatten(1).all(dim=1)
+        if bool(unknown.any()):
+            half = self._extent[index][unknown] / 2
+            square = torch.zeros(int(unknown.sum()), 2, 3, device=self.device)
+            square[:, 0, 0], square[:, 1, 1] = half, half
+            axes[unknown] = square
+        # Half the patch's size in cells, from the linearised projection at the token, widened by how much
+        # nearer the patch's near corner comes (so the window holds the whole of a near patch).
+        du = (axes[..., 0] - axes[..., 2] * (u - cx)[:, None] / fx[:, None]) * fx[:, None] / z[:, None]
+        dv = (axes[..., 1] - axes[..., 2] * (v - cy)[:, None] / fy[:, None]) * fy[:, None] / z[:, None]
+        nearer = z / (z - axes[..., 2].abs().sum(-1)).clamp_min(z / 2)
+        half = torch.maximum(du.abs().sum(-1), dv.abs().sum(-1)) * nearer
+        # Seen from as far as it was written or farther, a token's own cell is its footprint.
+        spread = self._extent[index] * fx / z > 1.0
+        cap = self.max_footprint / 2
+        reach = torch.ceil(half.clamp(max=cap) + 0.5).long()
+        normal = torch.linalg.cross(axes[:, 0], axes[:, 1], dim=-1)
+        spread_buffer = new_zbuffer(zbuffer.numel(), self.device)
+        for r in torch.unique(reach[spread]).tolist():
+            pick = spread & (reach == r)
             offsets = torch.arange(-r, r + 1, device=self.device, dtype=u.dtype)
             col = torch.floor(u[pick])[:, None, None] + offsets[None, None, :]
             row = torch.floor(v[pick])[:, None, None] + offsets[None, :, None]
-            h = half[pick][:, None, None]
-            ok = ((col + 0.5 - u[pick][:, None, None]).abs() <= h) & ((row + 0.5 - v[pick][:, None, None]).abs() <= h)
+            row, col = torch.broadcast_tensors(row, col)
+            # Each cell's ray (z = 1) meets the token's plane at depth t = (n . centre) / (n . ray).
+            ray = torch.stack([(col + 0.5 - cx[pick, None, None]) / fx[pick, None, None],
+                               (row + 0.5 - cy[pick, None, None]) / fy[pick, None, None], torch.ones_like(col)], -1)
+            n = normal[pick][:, None, None]
+            facing = (ray * n).sum(-1)
+            t = (centre[pick] * normal[pick]).sum(-1)[:, None, None] / torch.where(facing.abs() > 1e-9, facing, 1e-9)
+            offset = ray * t[..., None] - centre[pick][:, None, None]
+            a, b = axes[pick, 0][:, None, None], axes[pick, 1][:, None, None]
+            ok = ((offset * a).sum(-1).abs() <= (a * a).sum(-1)) & ((offset * b).sum(-1).abs() <= (b * b).sum(-1))
+            ok &= (t > 1e-3) & (facing.abs() > 1e-9)
+            ok &= ((col + 0.5 - u[pick][:, None, None]).abs() <= cap) & ((row + 0.5 - v[pick][:, None, None]).abs() <= cap)
             ok &= (col >= 0) & (col < width) & (row >= 0) & (row < height)
             flat = view[pick][:, None, None] * height * width + row.long() * width + col.long()
             count = ok.sum(dim=(1, 2))
-            splat(zbuffer, flat[ok], z[pick].repeat_interleave(count), index[pick].repeat_interleave(count))
+            splat(spread_buffer, flat[ok], t[ok], index[pick].repeat_interleave(count))
+        # A token keeps its own cell against footprints of the same surface (whose depth there differs only
+        # by the patch's estimate); a footprint takes it only from clearly behind.
+        _, own_depth, own = resolve(zbuffer)
+        _, spread_depth, spread = resolve(spread_buffer)
+        take = spread & (~own | (spread_depth * (1.0 + _FOOTPRINT_MARGIN) < own_depth))
+        zbuffer.copy_(torch.where(take, spread_buffer, zbuffer))
 
     def _bilinear(
         self, latents: Tensor, uv: Tensor, z: Tensor, index: Tensor, view: Tensor, depth: Tensor, covered: Tensor,
@@ -609,6 +687,7 @@ class LatentCache:
             "stamps": self._stamps,
             "dist": self._dist,
             "extent": self._extent,
+            "patch": self._patch,
         }
         tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -662,9 +741,14 @@ class LatentCache:
         return cache
 
     def _load_store(self, tensors: dict[str, Tensor]) -> None:
-        expected = dict(zip(("keys", "xyz", "latents", "stamps", "dist", "extent"), self._empty_store(), strict=True))
-        if "extent" not in tensors and "keys" in tensors:  # files from before footprints: no extents, no footprints
-            tensors = {**tensors, "extent": torch.zeros(tensors["keys"].shape[0])}
+        names = ("keys", "xyz", "latents", "stamps", "dist", "extent", "patch")
+        expected = dict(zip(names, self._empty_store(), strict=True))
+        if "keys" in tensors:
+            size = tensors["keys"].shape[0]
+            if "extent" not in tensors:  # files from before footprints: no extents, no footprints
+                tensors = {**tensors, "extent": torch.zeros(size)}
+            if "patch" not in tensors:  # files from before oriented footprints: patches face the reader
+                tensors = {**tensors, "patch": torch.zeros(size, 2, 3)}
         if set(tensors) != set(expected):
             raise ValueError(f"tensors {sorted(tensors)} instead of {sorted(expected)}")
         size = tensors["keys"].shape[0]

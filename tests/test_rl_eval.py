@@ -196,6 +196,20 @@ def test_a_policy_for_another_observation_space_is_refused(tmp_path):
     assert result["per_policy"]["small"]["describe"]["sha256"] == PPOPolicy(zip48).sha256
 
 
+def test_policies_see_frames_resized_from_the_envs_size(tmp_path):
+    # The envs make 64x64 frames; a policy built for 48x48 runs on them resized (ResizeFrames), and the
+    # run is another than the one with the envs at 48x48.
+    zip48 = _ppo_zip(tmp_path / "ppo48.zip", resolution=48)
+    policies = load_policies(["random", "frontier", f"small={zip48}"], "MirageRoom-v0")
+    config = RLEvalConfig.quick(resolution=48, env_resolution=64, episodes=1, max_episode_steps=3)
+    result = evaluate_policies(policies, config, tmp_path / "resized", progress=None)
+    assert len(result["per_policy"]["small"]["world"]["return"]["episodes"]) == 1
+    assert config.fingerprint() != RLEvalConfig.quick(resolution=48, episodes=1, max_episode_steps=3).fingerprint()
+    with pytest.raises(ValueError, match="env_resolution"):
+        evaluate_policies(policies, RLEvalConfig.quick(resolution=64, env_resolution=48), tmp_path / "bad")
+    assert not (tmp_path / "bad" / LOG).exists()
+
+
 # --------------------------------------------------------------------------- determinism and resuming
 
 

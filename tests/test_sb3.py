@@ -5,6 +5,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor
@@ -12,7 +14,8 @@ from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor
 import mirage_gym  # noqa: F401  (registers the environments)
 from mirage_gym.envs import MirageRoomEnv
 from mirage_gym.sb3 import MirageVecEnv
-from mirage_gym.wrappers import ImageObservation, SB3ObservationWrapper
+from mirage_gym.geometry import backproject, project
+from mirage_gym.wrappers import ImageObservation, ResizeFrames, SB3ObservationWrapper
 from tiny_generator import CHUNK, RESOLUTION, save_tiny_generator, tiny_env_kwargs
 
 PPO_RESOLUTION = 48  # SB3's NatureCNN needs at least 36x36 images
@@ -80,3 +83,34 @@ def test_ppo_runs_on_the_batched_env(tiny_folder):
     assert len(model.ep_info_buffer) >= 2, "VecMonitor saw the truncated episodes"
     action, _ = model.predict(venv.reset(), deterministic=True)
     assert action.shape == (2, 4)
+
+
+def test_resize_frames_gives_smaller_frames_of_the_same_camera():
+
+    big = gym.make("MirageRoom-v0", generator="oracle", resolution=64, chunk=2)
+    env = ResizeFrames(big, 32)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=3, options={"room_seed": 1_000_001})
+    full, _ = big.reset(seed=3, options={"room_seed": 1_000_001})  # the same frames, as the env made them
+    assert obs["rgb"].shape == (2, 32, 32, 3) and obs["depth"].shape == (2, 32, 32, 1)
+    assert env.observation_space.contains(obs)
+    # RGB: the mean of each 2x2 block (area averaging), within rounding.
+    blocks = full["rgb"].astype(np.float32).reshape(2, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    assert np.abs(obs["rgb"].astype(np.float32) - blocks).max() <= 1.0
+    # Depth: one pixel of each block, never a mix; lifted with the scaled intrinsics it lands where the
+    # source pixel's point is.
+    candidates = full["depth"][..., 0].reshape(2, 32, 2, 32, 2).transpose(0, 1, 3, 2, 4).reshape(2, 32, 32, 4)
+    assert (np.abs(candidates - obs["depth"]).min(axis=-1) == 0).all()
+    np.testing.assert_allclose(obs["intrinsics"][:2], full["intrinsics"][:2] / 2)
+    # The scaled intrinsics are the small frames' camera: the point each kept pixel shows projects into
+    # the small pixel that kept it.
+    pose = torch.as_tensor(full["cam_to_world"][-1:])
+    points = backproject(torch.as_tensor(full["depth"][-1:, ..., 0]), torch.as_tensor(full["intrinsics"]), pose)
+    kept = points[:, 1::2, 1::2].reshape(1, -1, 3)
+    uv, _ = project(kept, torch.as_tensor(obs["intrinsics"]), pose)
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    assert (np.floor(uv[0].numpy()) == np.stack([cols.ravel(), rows.ravel()], -1)).all()
+    with pytest.raises(ValueError, match="only downsizing"):
+        ResizeFrames(big, 128)
+    with pytest.raises(ValueError, match="Mirage env"):
+        ResizeFrames(gym.make("CartPole-v1"), 32)

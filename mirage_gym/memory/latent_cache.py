@@ -587,16 +587,18 @@ class LatentCache:
         # The contest's interior is the plain one-cell-per-token splat of the view itself.
         zbuffer.copy_(contest.view(-1, grown_h, grown_w)[:, margin:margin + height, margin:margin + width].reshape(-1))
 
-        u, v, z, index, view = (t[won] for t in (u, v, z, index, view))
+        # Seen from as far as it was written or farther, a token's own cell is its footprint.
+        spread = won & (self._extent[index] * k[view, 0, 0] / z.clamp_min(1e-6) > 1.0)
+        u, v, z, index, view = (t[spread] for t in (u, v, z, index, view))
         fx, fy, cx, cy = k[view, 0, 0], k[view, 1, 1], k[view, 0, 2], k[view, 1, 2]
         centre = torch.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], dim=-1)  # the token, camera frame
         axes = self._patch[index] @ poses[view, :3, :3]  # world half-axes -> camera frame (rows: R^T a)
         # Tokens of files from before oriented patches face the reader: a square of ``extent`` a side.
         unknown = (self._patch[index] == 0).flatten(1).all(dim=1)
         if bool(unknown.any()):
-            half = self._extent[index][unknown] / 2
+            side = self._extent[index][unknown] / 2
             square = torch.zeros(int(unknown.sum()), 2, 3, device=self.device)
-            square[:, 0, 0], square[:, 1, 1] = half, half
+            square[:, 0, 0], square[:, 1, 1] = side, side
             axes[unknown] = square
         # Half the patch's size in cells, from the linearised projection at the token, widened by how much
         # nearer the patch's near corner comes (so the window holds the whole of a near patch).
@@ -604,14 +606,12 @@ class LatentCache:
         dv = (axes[..., 1] - axes[..., 2] * (v - cy)[:, None] / fy[:, None]) * fy[:, None] / z[:, None]
         nearer = z / (z - axes[..., 2].abs().sum(-1)).clamp_min(z / 2)
         half = torch.maximum(du.abs().sum(-1), dv.abs().sum(-1)) * nearer
-        # Seen from as far as it was written or farther, a token's own cell is its footprint.
-        spread = self._extent[index] * fx / z > 1.0
         cap = self.max_footprint / 2
-        reach = torch.ceil(half.clamp(max=cap) + 0.5).long()
+        reach = torch.ceil(half.clamp(max=cap) + 0.5).long()  # cells to look at on each side of the token's own
         normal = torch.linalg.cross(axes[:, 0], axes[:, 1], dim=-1)
         spread_buffer = new_zbuffer(zbuffer.numel(), self.device)
-        for r in torch.unique(reach[spread]).tolist():
-            pick = spread & (reach == r)
+        for r in torch.unique(reach).tolist():
+            pick = reach == r
             offsets = torch.arange(-r, r + 1, device=self.device, dtype=u.dtype)
             col = torch.floor(u[pick])[:, None, None] + offsets[None, None, :]
             row = torch.floor(v[pick])[:, None, None] + offsets[None, :, None]
@@ -619,10 +619,10 @@ class LatentCache:
             # Each cell's ray (z = 1) meets the token's plane at depth t = (n . centre) / (n . ray).
             ray = torch.stack([(col + 0.5 - cx[pick, None, None]) / fx[pick, None, None],
                                (row + 0.5 - cy[pick, None, None]) / fy[pick, None, None], torch.ones_like(col)], -1)
-            n = normal[pick][:, None, None]
+            n, c = normal[pick][:, None, None], centre[pick][:, None, None]
             facing = (ray * n).sum(-1)
-            t = (centre[pick] * normal[pick]).sum(-1)[:, None, None] / torch.where(facing.abs() > 1e-9, facing, 1e-9)
-            offset = ray * t[..., None] - centre[pick][:, None, None]
+            t = (c * n).sum(-1) / torch.where(facing.abs() > 1e-9, facing, 1e-9)
+            offset = ray * t[..., None] - c
             a, b = axes[pick, 0][:, None, None], axes[pick, 1][:, None, None]
             ok = ((offset * a).sum(-1).abs() <= (a * a).sum(-1)) & ((offset * b).sum(-1).abs() <= (b * b).sum(-1))
             ok &= (t > 1e-3) & (facing.abs() > 1e-9)
@@ -632,10 +632,10 @@ class LatentCache:
             count = ok.sum(dim=(1, 2))
             splat(spread_buffer, flat[ok], t[ok], index[pick].repeat_interleave(count))
         # A token keeps its own cell against footprints of the same surface (whose depth there differs only
-        # by the patch's estimate); a footprint takes it only from clearly behind.
+        # by the patch's estimate); a footprint takes it only where it lies clearly in front.
         _, own_depth, own = resolve(zbuffer)
-        _, spread_depth, spread = resolve(spread_buffer)
-        take = spread & (~own | (spread_depth * (1.0 + _FOOTPRINT_MARGIN) < own_depth))
+        _, footprint_depth, covered = resolve(spread_buffer)
+        take = covered & (~own | (footprint_depth * (1.0 + _FOOTPRINT_MARGIN) < own_depth))
         zbuffer.copy_(torch.where(take, spread_buffer, zbuffer))
 
     def _bilinear(

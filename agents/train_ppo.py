@@ -82,6 +82,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--total-timesteps", type=int, help="default: n_timesteps of the yaml")
     parser.add_argument("--num-envs", type=int, help="batched sub-envs (default: n_envs of the yaml)")
     parser.add_argument("--resolution", type=int, help="default: env_kwargs of the yaml")
+    parser.add_argument("--image-size", type=int,
+                        help="frame size the policy sees, the env's frames resized (default: the env's; e.g. "
+                             "--resolution 128 --image-size 64 trains a 64x64 policy in the default model at its own size)")
     parser.add_argument("--chunk", type=int)
     parser.add_argument("--max-episode-steps", type=int, help="default: the registration's (200 Room, 100 Nav)")
     parser.add_argument("--env-option", action="append", metavar="KEY=VALUE",
@@ -124,6 +127,8 @@ def main() -> None:
     for flag in ("resolution", "chunk", "max_episode_steps"):
         if getattr(args, flag) is not None:
             env_kwargs[flag] = getattr(args, flag)
+    if args.image_size is not None:
+        wrapper_kwargs["size"] = args.image_size
     options = parse_options(args.env_option)
     env_kwargs.update(options, memory=args.memory, device=args.device)
     eval_kwargs = dict(env_kwargs, room_seeds=EVAL_ROOM_SEEDS)

@@ -23,9 +23,31 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["ImageObservation", "ResizeFrames", "SB3ObservationWrapper"]
+__all__ = ["ImageObservation", "ResizeFrames", "SB3ObservationWrapper", "resize_frames"]
 
 PASS_THROUGH = ("goal",)
+
+
+def resize_frames(observation: dict[str, Any], resolution: int) -> dict[str, Any]:
+    """A Mirage observation (or a batch of them) with ``resolution x resolution`` frames.
+
+    ``"rgb"`` by area averaging, ``"depth"`` by the nearest pixel (a depth belongs to one surface; a
+    mean of a wall and the room behind it would be neither), ``"intrinsics"`` scaled to match; the
+    other keys pass through.
+    """
+    rgb, depth = np.asarray(observation["rgb"]), np.asarray(observation["depth"])
+    height, width = rgb.shape[-3:-1]
+    size = (resolution, resolution)
+    lead = rgb.shape[:-3]
+    small_rgb = [cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in rgb.reshape(-1, height, width, 3)]
+    small_depth = [cv2.resize(frame, size, interpolation=cv2.INTER_NEAREST_EXACT)
+                   for frame in depth.reshape(-1, height, width)]
+    intrinsics = np.array(observation["intrinsics"], np.float32, copy=True)
+    intrinsics[..., 0, :] *= resolution / width  # fx, skew, cx: pixel coordinates scale with the frame
+    intrinsics[..., 1, :] *= resolution / height
+    return {**observation, "rgb": np.stack(small_rgb).reshape(*lead, resolution, resolution, 3),
+            "depth": np.stack(small_depth).astype(np.float32).reshape(*lead, resolution, resolution, 1),
+            "intrinsics": intrinsics}
 
 
 class ImageObservation:
@@ -36,10 +58,12 @@ class ImageObservation:
         frames: how many of the chunk's last frames to stack (1 to ``chunk``).
         depth: add each frame's depth as a uint8 channel.
         depth_range: metres mapped to 255 (default 8 m: rooms are a few metres across).
+        size: the image's side in pixels, the env's frames resized (:func:`resize_frames`); ``None``:
+            the env's frame size.
     """
 
     def __init__(self, observation_space: spaces.Dict, frames: int = 1, depth: bool = True,
-                 depth_range: float = 8.0) -> None:
+                 depth_range: float = 8.0, size: int | None = None) -> None:
         if not isinstance(observation_space, spaces.Dict) or "rgb" not in observation_space.spaces:
             raise ValueError("ImageObservation needs a Mirage Dict observation space with 'rgb' and 'depth'")
         chunk, height, width, _ = observation_space["rgb"].shape
@@ -47,6 +71,12 @@ class ImageObservation:
             raise ValueError(f"frames must be in 1..{chunk} (the chunk), got {frames}")
         if not depth_range > 0:
             raise ValueError(f"depth_range must be positive, got {depth_range}")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= min(height, width):
+                raise ValueError(f"size must be None or an int in [1, {min(height, width)}] (the env's frames are "
+                                 f"{height}x{width}; only downsizing), got {size!r}")
+            height = width = size
+        self.size = size
         self.frames = int(frames)
         self.depth = bool(depth)
         self.depth_range = float(depth_range)
@@ -58,6 +88,8 @@ class ImageObservation:
 
     def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Transform one observation or a batch (leading dimensions are kept)."""
+        if self.size is not None:
+            obs = resize_frames(obs, self.size)
         rgb = obs["rgb"][..., -self.frames :, :, :, :]  # [..., k, H, W, 3]
         parts = [rgb]
         if self.depth:
@@ -88,9 +120,9 @@ class ResizeFrames(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """A Mirage env whose frames are ``resolution x resolution``: a model runs at the size it generates
     best, a policy gets the smaller frames it was built for.
 
-    ``"rgb"`` is resized by area averaging, ``"depth"`` by the nearest pixel (a depth belongs to one
-    surface; a mean of a wall and the room behind it would be neither), and ``"intrinsics"`` is
-    scaled to match; poses and the other keys pass through. Only downsizing is offered.
+    Frames as :func:`resize_frames` makes them (RGB by area, depth by the nearest pixel, intrinsics
+    scaled); only downsizing is offered. The batched env's SB3 adapter takes the same through
+    :class:`ImageObservation`'s ``size``.
 
     The shipped default model was trained at 128x128: made to generate at 64x64 its depth on held-out
     start views is 0.61 abs-rel, against 0.18 at 128x128 (textures at half the pixels look farther).
@@ -108,7 +140,6 @@ class ResizeFrames(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             raise ValueError(f"resolution must be an int in [1, {min(height, width)}] (the env's frames are "
                              f"{height}x{width}; only downsizing), got {resolution!r}")
         self.resolution = resolution
-        self._scale = (resolution / width, resolution / height)
         depth = space["depth"]
         self.observation_space = spaces.Dict({
             **space.spaces,
@@ -119,11 +150,4 @@ class ResizeFrames(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         })
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
-        size = (self.resolution, self.resolution)
-        rgb = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in observation["rgb"]])
-        depth = np.stack([cv2.resize(d[..., 0], size, interpolation=cv2.INTER_NEAREST_EXACT)[..., None]
-                          for d in observation["depth"]]).astype(np.float32)
-        intrinsics = np.array(observation["intrinsics"], np.float32, copy=True)
-        intrinsics[0] *= self._scale[0]  # fx, skew, cx: pixel coordinates scale with the frame
-        intrinsics[1] *= self._scale[1]
-        return {**observation, "rgb": rgb, "depth": depth, "intrinsics": intrinsics}
+        return resize_frames(observation, self.resolution)

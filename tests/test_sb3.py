@@ -15,7 +15,7 @@ import mirage_gym  # noqa: F401  (registers the environments)
 from mirage_gym.envs import MirageRoomEnv
 from mirage_gym.sb3 import MirageVecEnv
 from mirage_gym.geometry import backproject, project
-from mirage_gym.wrappers import ImageObservation, ResizeFrames, SB3ObservationWrapper
+from mirage_gym.wrappers import ImageObservation, ResizeFrames, SB3ObservationWrapper, resize_frames
 from tiny_generator import CHUNK, RESOLUTION, save_tiny_generator, tiny_env_kwargs
 
 PPO_RESOLUTION = 48  # SB3's NatureCNN needs at least 36x36 images
@@ -114,3 +114,18 @@ def test_resize_frames_gives_smaller_frames_of_the_same_camera():
         ResizeFrames(big, 128)
     with pytest.raises(ValueError, match="Mirage env"):
         ResizeFrames(gym.make("CartPole-v1"), 32)
+
+
+def test_image_observation_resizes_frames_of_one_env_and_of_a_batch():
+    env = gym.make("MirageRoom-v0", generator="oracle", resolution=64, chunk=2)
+    obs, _ = env.reset(seed=3, options={"room_seed": 1_000_001})
+    transform = ImageObservation(env.observation_space, frames=2, depth=True, depth_range=4.0, size=32)
+    assert transform.observation_space["image"].shape == (32, 32, 8)
+    image = transform(obs)["image"]
+    small = resize_frames(obs, 32)
+    assert image.shape == (32, 32, 8) and transform.observation_space.contains({"image": image})
+    assert np.array_equal(image[..., 0:3], small["rgb"][0]) and np.array_equal(image[..., 4:7], small["rgb"][1])
+    batch = {key: np.stack([value, value]) for key, value in obs.items()}
+    assert np.array_equal(transform(batch)["image"], np.stack([image, image]))
+    with pytest.raises(ValueError, match="only downsizing"):
+        ImageObservation(env.observation_space, size=128)

@@ -50,6 +50,12 @@ def resize_frames(observation: dict[str, Any], resolution: int) -> dict[str, Any
             "intrinsics": intrinsics}
 
 
+def _check_size(name: str, value: Any, height: int, width: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= min(height, width):
+        raise ValueError(f"{name} must be an int in [1, {min(height, width)}] (the env's frames are "
+                         f"{height}x{width}; only downsizing), got {value!r}")
+
+
 class ImageObservation:
     """The transform from a Mirage observation to ``{"image": uint8 [H, W, C], ...}``; works on batches.
 
@@ -72,11 +78,10 @@ class ImageObservation:
         if not depth_range > 0:
             raise ValueError(f"depth_range must be positive, got {depth_range}")
         if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= min(height, width):
-                raise ValueError(f"size must be None or an int in [1, {min(height, width)}] (the env's frames are "
-                                 f"{height}x{width}; only downsizing), got {size!r}")
-            height = width = size
-        self.size = size
+            _check_size("size", size, height, width)
+        self.size = None if size is None or size == height == width else size  # None: frames as they come
+        if self.size is not None:
+            height = width = self.size
         self.frames = int(frames)
         self.depth = bool(depth)
         self.depth_range = float(depth_range)
@@ -136,9 +141,7 @@ class ResizeFrames(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if not isinstance(space, spaces.Dict) or not {"rgb", "depth", "intrinsics"} <= set(space.spaces):
             raise ValueError(f"ResizeFrames wraps a Mirage env (obs 'rgb', 'depth', 'intrinsics'), got {space}")
         chunk, height, width, _ = space["rgb"].shape
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= min(height, width):
-            raise ValueError(f"resolution must be an int in [1, {min(height, width)}] (the env's frames are "
-                             f"{height}x{width}; only downsizing), got {resolution!r}")
+        _check_size("resolution", resolution, height, width)
         self.resolution = resolution
         depth = space["depth"]
         self.observation_space = spaces.Dict({

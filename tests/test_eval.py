@@ -221,6 +221,33 @@ def test_oracle_is_near_perfectly_consistent():
     assert result.autoencoder is None  # the renderer has no autoencoder
 
 
+def test_depth_and_fidelity_split_into_start_view_and_painted_surfaces():
+    # Frame 1 of a still camera: its left half was in the start frame, its right half was first shown by a
+    # generated frame. The rollout is exact on the left and twice too far, with other colours, on the right.
+    from mirage_gym.eval.runner import GroundTruth, Rollout, score
+
+    n, size = 3, 32
+    k = intrinsics_from_fov(90.0, size, size)
+    poses = torch.eye(4).repeat(n, 1, 1)
+    rgb = torch.randint(0, 256, (n, size, size, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    depth = torch.full((n, size, size), 2.0)
+    observed = torch.ones(n, size, size, dtype=torch.bool)
+    observed[0] = False
+    start_seen = observed.clone()
+    start_seen[:, :, size // 2:] = False
+    truth = GroundTruth(rgb, depth, torch.ones_like(observed), observed, None, start_seen)
+    run_rgb, run_depth = rgb.clone(), depth.clone()
+    run_rgb[:, :, size // 2:] = 255 - rgb[:, :, size // 2:]
+    run_depth[:, :, size // 2:] = 4.0
+    run = Rollout("latent", run_rgb, run_depth, [0.1], [{}], [0], None, None)
+    figures = score(run, truth, poses, k)
+    assert figures["depth_start_abs_rel"] == 0.0 and figures["depth_painted_abs_rel"] == pytest.approx(1.0)
+    assert figures["depth_abs_rel"] == pytest.approx(0.5)
+    assert figures["fidelity_start_psnr"] == pytest.approx(100.0)
+    # Over both halves the squared error is half the painted half's: 3 dB better.
+    assert figures["fidelity_psnr"] == pytest.approx(figures["fidelity_painted_psnr"] + 10 * math.log10(2), abs=1e-3)
+
+
 def test_evaluate_rejects_bad_configs():
     with pytest.raises(ValueError, match="modes"):
         evaluate(OracleGenerator(), EvalConfig(modes=("latent", "latent")), progress=False)
@@ -274,6 +301,7 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
         assert math.isfinite(summary[mode]["revisit_psnr_gt"]) and summary[mode]["revisit_psnr_gt"] < 100
         assert summary[mode]["detail_cached"] >= 0 and summary[mode]["detail_new"] >= 0
         assert 0 < summary[mode]["depth_start_abs_rel"] < math.inf
+        assert 0 < summary[mode]["depth_painted_abs_rel"] < math.inf and summary[mode]["fidelity_painted_psnr"] < 100
     assert all("detail_new" in row and "revisit_ssim_gt" in row for row in data["results"]["rows"])
     # The generator's autoencoder on held-out frames (64 with --quick).
     autoencoder = data["results"]["autoencoder"]
@@ -286,7 +314,7 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
                for e in reprojection["moves"].values())
     table = (out / "eval_table.md").read_text()
     assert "revisit PSNR vs GT dB" in table and "detail new areas" in table and "worst-decile PSNR dB" in table
-    assert "depth abs-rel on start view" in table
+    assert "depth abs-rel on start view" in table and "depth abs-rel where painted" in table
     assert "Reprojection ceiling" in table and "| yaw 5 deg |" in table
     assert (out / "eval_metrics.png").stat().st_size > 0 and (out / "eval_fidelity.png").stat().st_size > 0
     assert (out / "provenance.json").is_file() and (out / "eval_table.md").is_file()

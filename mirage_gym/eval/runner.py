@@ -99,6 +99,8 @@ METRICS = (
     ("depth_start_abs_rel", "depth abs-rel on start view", False),
     ("fidelity_psnr", "fidelity PSNR dB", True),
     ("fidelity_start_psnr", "fidelity on start view dB", True),
+    ("depth_painted_abs_rel", "depth abs-rel where painted", False),
+    ("fidelity_painted_psnr", "fidelity where painted dB", True),
     ("detail_cached", "detail cached", True),
     ("detail_new", "detail new areas", True),
 )
@@ -313,6 +315,7 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
     fidelity_start = _masked(psnr, gen[1:], gt[1:], start_seen)
     depth_err = _masked(abs_rel, run.depth[1:], truth.depth[1:], seen)
     depth_start_err = _masked(abs_rel, run.depth[1:], truth.depth[1:], start_seen)
+    painted = seen & ~truth.start_seen[1:]
     unseen = ~truth.observed[1:] & truth.static[1:] & torch.isfinite(truth.depth[1:])
     return {
         "revisit_pairs": len(pairs),
@@ -332,6 +335,8 @@ def score(run: Rollout, truth: GroundTruth, cam_to_world: Tensor, intrinsics: Te
         "depth_start_abs_rel": _nanmean(depth_start_err),
         "fidelity_psnr": _nanmean(fidelity),
         "fidelity_start_psnr": _nanmean(fidelity_start),
+        "depth_painted_abs_rel": _nanmean(_masked(abs_rel, run.depth[1:], truth.depth[1:], painted)),
+        "fidelity_painted_psnr": _nanmean(_masked(psnr, gen[1:], gt[1:], painted)),
         "fidelity_per_frame": [float(v) for v in fidelity],
         "seconds_per_chunk": float(np.median(run.chunk_seconds)),
         "memory_bytes": run.memory_bytes[-1],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +297,58 @@ def test_depth_stage_loss_falls_on_its_frames(tmp_path, config, stage1):
     train_depth(config, stage1, out, run=RunOptions(steps=100, progress=False))
     after = depth_loss(load_stage1(out, torch.device("cpu"))[1], *args).item()
     assert after < 0.9 * before, (before, after)
+
+
+def test_log_plus_relative_depth_loss_adds_the_abs_rel_figure_and_guesses_nearer_under_doubt():
+    from mirage_gym.metrics import abs_rel
+    from mirage_gym.training.depth_stage import depth_loss
+
+    head = DepthHead(latent_channels=4, spatial_factor=4, hidden_channels=8, num_blocks=1)
+    latents = torch.randn(3, 4, 4, 4)
+    out = head(latents)
+    token_truth, pixel_truth = out.token_depth * 1.5, out.pixel_depth / 2
+    value = depth_loss(head, latents, pixel_truth, token_truth, kind="log+relative")
+    relative = abs_rel(out.token_depth, token_truth).mean() + abs_rel(out.pixel_depth, pixel_truth).mean()
+    log = depth_loss(head, latents, pixel_truth, token_truth)
+    assert log.item() == pytest.approx(math.log(1.5) + math.log(2), rel=1e-4)
+    assert value.item() == pytest.approx((log + relative).item(), rel=1e-5)
+    # One guess for a surface that is 0.5 m or 2 m away with equal odds: the log loss is flat between the two,
+    # the relative term is least at the near one (a guess too far costs more than one too near).
+    truth = torch.tensor([[[0.5, 2.0]]])
+
+    def cost(guess: float, kind: str) -> float:
+        fixed = lambda z: types.SimpleNamespace(token_depth=torch.full_like(truth, guess))  # noqa: E731
+        return depth_loss(fixed, latents, None, truth, kind=kind).item()
+
+    log_costs = [cost(g, "log") for g in (0.5, 1.0, 2.0)]
+    both_costs = [cost(g, "log+relative") for g in (0.5, 1.0, 2.0)]
+    assert log_costs == pytest.approx([log_costs[0]] * 3) and min(both_costs) == both_costs[0] < both_costs[1]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        depth_loss(head, latents, None, token_truth, kind="relative")
+
+
+def test_depth_stage_with_the_relative_term_guesses_nearer_and_a_bad_name_is_refused(tmp_path, config, stage1):
+    from mirage_gym.metrics import abs_rel
+    from mirage_gym.training.depth_stage import FRAMES_FILE, train_depth
+
+    figures = {}
+    for kind in ("log", "log+relative"):  # the same frames, seed and steps
+        out = tmp_path / kind
+        train_depth(with_training(config, "depth", lr=3e-3, latent_noise=0.0, warmup=1, loss=kind), stage1, out,
+                    run=RunOptions(steps=100, progress=False))
+        frames = torch.load(out / FRAMES_FILE, weights_only=True)
+        with torch.no_grad():
+            pred = load_stage1(out, torch.device("cpu"))[1](frames["latents"].float()).token_depth
+        truth = frames["token_depth"].float()
+        figures[kind] = (abs_rel(pred, truth).mean().item(), (pred / truth).median().item())
+    # Scored on its own figure, the head with the relative term is better, and it guesses nearer.
+    assert figures["log+relative"][0] < 0.9 * figures["log"][0], figures
+    assert figures["log+relative"][1] < figures["log"][1], figures
+    data = json.loads(TINY.read_text())
+    data["training"]["depth"]["loss"] = "abs"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="training.depth.loss must be one of"):
+        load_config(tmp_path / "bad.json")
 
 
 def test_depth_stage_without_stage1_names_the_folder(tmp_path, config):

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mirage_gym.config import Config, DepthTraining, load_config
+from mirage_gym.config import DEPTH_LOSSES, Config, DepthTraining, load_config
 from mirage_gym.model.depth_head import DepthHead
 from mirage_gym.provenance import folder_hashes
 from mirage_gym.training.data import RoomStream
@@ -59,26 +59,33 @@ def depth_loss(
     depth: torch.Tensor | None,
     token_depth: torch.Tensor,
     weights: torch.Tensor | None = None,
+    kind: str = "log",
 ) -> torch.Tensor:
-    """``|log d - log d_gt|`` at the latent cells plus the same at the pixels (ground truth floored at 1 mm).
+    """The head's depth error at the latent cells plus the same at the pixels (ground truth floored at 1 mm).
 
     The one home of the depth loss: the depth stage scores its head with it, stage 2 and the
     self-forcing fine-tune score the transformer's predicted clean latents through a frozen head.
+    ``kind`` (:data:`~mirage_gym.config.DEPTH_LOSSES`): ``"log"``, ``|log d - log d_gt|``, whose best
+    guess under doubt is the median depth; ``"log+relative"`` adds ``|d - d_gt| / d_gt``, the abs-rel
+    figure, whose best guess under doubt is nearer (a guess too far costs more than one too near). The
+    relative term alone would stall a head that guesses too near (its gradient in log depth is
+    ``d / d_gt``), so it comes with the log term, never alone.
     ``depth`` ``None``: the token term alone (encoded clips keep no pixel depth). ``weights`` ``[N]``:
     each latent's terms weighted (the mean of ``weights * per-latent error``).
     """
+    if kind not in DEPTH_LOSSES:
+        raise ValueError(f"kind must be one of {DEPTH_LOSSES}, got {kind!r}")
+
+    def error(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        truth = truth.clamp(min=1e-3)
+        per_cell = (pred.log() - truth.log()).abs()
+        if kind == "log+relative":
+            per_cell = per_cell + (pred - truth).abs() / truth
+        return per_cell.mean() if weights is None else (weights * per_cell.flatten(1).mean(dim=1)).mean()
+
     out = head(latents)
-    token_error = (out.token_depth.log() - token_depth.clamp(min=1e-3).log()).abs()
-    if weights is None:
-        token = token_error.mean()
-    else:
-        token = (weights * token_error.flatten(1).mean(dim=1)).mean()
-    if depth is None:
-        return token
-    pixel_error = (out.pixel_depth.log() - depth.clamp(min=1e-3).log()).abs()
-    if weights is None:
-        return token + pixel_error.mean()
-    return token + (weights * pixel_error.flatten(1).mean(dim=1)).mean()
+    token = error(out.token_depth, token_depth)
+    return token if depth is None else token + error(out.pixel_depth, depth)
 
 
 @torch.no_grad()
@@ -176,7 +183,7 @@ def train_depth(
 
     def loss(batch: tuple[torch.Tensor, ...], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         z, d, t = batch
-        value = depth_loss(head, with_latent_noise(z, hp.latent_noise, rng), d, t)
+        value = depth_loss(head, with_latent_noise(z, hp.latent_noise, rng), d, t, kind=hp.loss)
         return value, {"loss": value.item()}
 
     fitted = fit(Stage("depth", {"depth_head": head}, batch, loss), hp, out, config=config, run=run)

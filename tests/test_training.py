@@ -351,6 +351,36 @@ def test_depth_stage_with_the_relative_term_guesses_nearer_and_a_bad_name_is_ref
         load_config(tmp_path / "bad.json")
 
 
+def test_depth_stage_fine_tunes_a_saved_head_and_refuses_one_of_another_shape(tmp_path, config, stage1):
+    from mirage_gym.model.depth_head import DepthHead
+    from mirage_gym.training.depth_stage import train_depth
+
+    def weights(out):
+        return torch.cat([p.flatten() for p in DepthHead.from_pretrained(out / "depth_head").state_dict().values()])
+
+    hp = with_training(config, "depth", lr=3e-3, latent_noise=0.0, warmup=1)
+    trained = tmp_path / "trained"
+    train_depth(hp, stage1, trained, run=RunOptions(steps=20, progress=False))
+    # Two small steps from the trained head (its depth_head/ or the folder holding it) stay next to it;
+    # two from fresh weights stay where the seed put them, far from it.
+    slow = with_training(hp, "depth", lr=1e-6)
+    for i, init in enumerate((trained, trained / "depth_head")):
+        train_depth(slow, stage1, tmp_path / f"tuned{i}", init=init, run=RunOptions(steps=2, progress=False))
+    train_depth(slow, stage1, tmp_path / "fresh", run=RunOptions(steps=2, progress=False))
+    moved = (weights(tmp_path / "fresh") - weights(trained)).abs().max()
+    for i in range(2):
+        assert (weights(tmp_path / f"tuned{i}") - weights(trained)).abs().max() < 0.01 * moved
+    # A head of another shape is named as such, before any frames are made; so is a folder without one.
+    other = tmp_path / "other"
+    DepthHead(latent_channels=config.model.vae.latent_channels, spatial_factor=4, hidden_channels=16, num_blocks=2,
+              min_depth=0.05, max_depth=20.0, context_levels=1).save_pretrained(other)
+    with pytest.raises(ValueError, match="differs in hidden_channels, num_blocks"):
+        train_depth(hp, stage1, tmp_path / "refused", init=other, run=RunOptions(steps=2, progress=False))
+    with pytest.raises(ValueError, match="is not a saved depth head"):
+        train_depth(hp, stage1, tmp_path / "refused", init=tmp_path, run=RunOptions(steps=2, progress=False))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_depth_stage_without_stage1_names_the_folder(tmp_path, config):
     from mirage_gym.training.depth_stage import train_depth
 

@@ -151,17 +151,32 @@ def train_depth(
     out: Path,
     *,
     generator: Path | None = None,
+    init: Path | None = None,
     run: RunOptions = RunOptions(),
 ) -> dict[str, float]:
     """Train ``config.model.depth_head`` into ``out``; returns the last statistics and the held-out evaluation.
 
     With ``generator`` (a stage-2 model folder over the same stage 1), half of every batch is
-    that model's own generated latents.
+    that model's own generated latents. With ``init`` (a saved ``depth_head/`` folder, or a model
+    folder holding one) the head starts from those weights instead of fresh ones: a fine-tune on
+    the stage's own schedule. A checkpoint in ``out`` still takes precedence, so a fine-tune resumes.
     """
     hp: DepthTraining = stage_settings(config, "depth", run)
     device, progress = run.device, run.progress
     if not (stage1 / "vae" / "config.json").is_file():
         raise ValueError(f"{stage1} has no stage-1 export vae/ (run `mirage-gym train vae --out {stage1}` first)")
+    if init is not None and (init / "depth_head").is_dir():
+        init = init / "depth_head"
+    if init is not None:  # checked before any frames are made
+        if not (init / "config.json").is_file():
+            raise ValueError(f"{init} is not a saved depth head (no config.json; pass a depth_head/ folder or a model folder)")
+        saved = DepthHead.from_pretrained(init).config
+        wanted = dataclasses.asdict(config.model.depth_head) | {
+            "latent_channels": json.loads((stage1 / "vae" / "config.json").read_text())["latent_channels"]}
+        differ = sorted(k for k, v in wanted.items() if saved.get(k) != v)
+        if differ:
+            raise ValueError(f"the head in {init} is not the config's model.depth_head over {stage1}'s vae "
+                             f"(differs in {', '.join(differ)})")
     encoded = _encoded_frames(config, stage1, out, hp.frames, hp.seed, device, progress)
     generated = None
     if generator is not None:
@@ -170,6 +185,8 @@ def train_depth(
     torch.manual_seed(hp.seed)  # the head's initial weights, whether the frames were made now or read back
     head = DepthHead(latent_channels=latents.shape[1], spatial_factor=depth.shape[-1] // latents.shape[-1],
                      **dataclasses.asdict(config.model.depth_head)).to(device)
+    if init is not None:
+        head.load_state_dict(DepthHead.from_pretrained(init).state_dict())
 
     def batch(step: int, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = torch.randint(0, latents.shape[0], (hp.batch_size,), generator=rng)
@@ -201,6 +218,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", default="runs/vae", help="run folder of `mirage-gym train vae` (its frozen vae/)")
     parser.add_argument("--generator", default=None,
                         help="a stage-2 model folder over the same stage 1: train on its generated latents too")
+    parser.add_argument("--init-head", default=None, metavar="PATH",
+                        help="start from this saved head (a depth_head/ folder or a model folder): fine-tune it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     stats = train_depth(
         load_config(args.config), Path(args.vae), Path(args.out), generator=Path(args.generator) if args.generator else None,
+        init=Path(args.init_head) if args.init_head else None,
         run=RunOptions.from_args(args),
     )
     print_final(stats)

@@ -30,6 +30,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("eval",), "mirage_gym.eval.cli", "consistency metrics of a generator on held-out trajectories, per memory mode"),
     (("eval", "rl"), "mirage_gym.eval.rl", "rank a policy zoo in the world model and in the ground truth: Spearman, Pearson, MMRV"),
     (("eval", "collisions"), "mirage_gym.eval.collision", "collision agreement: would generated physics block the moves the house blocks"),
+    (("eval", "compare"), "mirage_gym.eval.compare", "two eval runs on the same trajectories, paired: which figures differ beyond noise"),
     (("eval", "transfer"), "mirage_gym.eval.transfer", "dream-to-real: PPO trained in the world model, scored in the ground truth"),
     (("bench", "generator"), "mirage_gym.bench.generator", "end-to-end time per chunk and memory vs frames: latent, pixel, none"),
     (("bench", "env"), "mirage_gym.bench.env", "environment steps per second, single and batched"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from mirage_gym.cli import main
 from mirage_gym.envs import OracleGenerator
 from mirage_gym.eval import (
+    KINDS,
     MOVES,
     EvalConfig,
     Move,
@@ -322,6 +324,11 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
     strip = cv2.imread(str(out / "strips" / "revisit_strips.png"))
     assert strip is not None and strip.shape[1] == 6 * 2 * RESOLUTION + 5 * 4
     assert len(list((out / "strips").glob("walk_and_return_*.png"))) == 1
+    # The run paired with itself: every figure the same, none told apart.
+    assert main(["eval", "compare", str(out), str(out / "eval.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "| depth abs-rel | " in printed and "mode latent:" in printed and "mode oracle:" in printed
+    assert " better |" not in printed and " worse |" not in printed and "| within noise |" in printed
 
 
 def test_reprojection_ceiling_is_the_autoencoder_without_a_move():
@@ -411,3 +418,78 @@ def test_eval_refuses_a_generator_setting_for_the_oracle(tmp_path, capsys, flag)
     code = main(["eval", "--generator", "oracle", "--out", str(tmp_path / "out"), "--quick", *flag])
     assert code != 0 and f"{flag[0]} needs a generative model, not 'oracle'" in capsys.readouterr().err
     assert not (tmp_path / "out" / "eval.json").exists()
+
+
+# ---------------------------------------------------------------------- eval compare
+
+
+def _eval_folder(folder, rows: list[dict], **config) -> str:
+    """An eval.json as `mirage-gym eval` writes it, holding ``rows`` (latent mode)."""
+    from mirage_gym.eval.runner import EvalResult, summarize
+    from mirage_gym.provenance import write_results
+
+    result = EvalResult(config=asdict(EvalConfig(**config)), generator=str(folder), rows=rows,
+                        summary=summarize(rows, ["latent"]))
+    write_results(folder, "eval", result.to_dict())
+    return str(folder)
+
+
+def _rows(figures) -> list[dict]:
+    """One latent row per trajectory of the default config (4 kinds x 2 rooms), ``figures(i)`` its METRICS."""
+    from mirage_gym.eval.runner import METRICS
+
+    rows = []
+    for i, (kind, room) in enumerate((k, r) for k in KINDS for r in (1_000_000, 1_000_100)):
+        values = {key: float(i) for key, _, _ in METRICS} | figures(i)
+        rows.append({"kind": kind, "room_seed": room, "mode": "latent", **values, "seconds_per_chunk": 0.1,
+                     "memory_bytes": 1, "dynamic_tokens_written": 0, "dynamic_tokens_visible": 0})
+    return rows
+
+
+def test_eval_compare_tells_a_paired_difference_from_noise(tmp_path, capsys):
+    base = _eval_folder(tmp_path / "base", _rows(lambda i: {"depth_abs_rel": 0.3 + 0.1 * i}))
+    # Depth 0.05 lower on every trajectory (better), revisit 1 dB lower (worse), fidelity +-1 dB in turn
+    # (no difference), reproj L1 0.2 higher on one trajectory of eight (its mean moves, its interval holds 0).
+    other = _eval_folder(tmp_path / "other", _rows(lambda i: {
+        "depth_abs_rel": 0.25 + 0.1 * i, "revisit_psnr": i - 1.0, "fidelity_psnr": i + (1.0 if i % 2 else -1.0),
+        "reproj_l1": i + (0.2 if i == 3 else 0.0), "fidelity_painted_psnr": math.nan}))
+    out = tmp_path / "cmp"
+    assert main(["eval", "compare", base, other, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| depth abs-rel | 0.650 | 0.600 | -0.050 | [-0.050, -0.050] | better |" in printed
+    figures = json.loads((out / "compare.json").read_text())["results"]["modes"]["latent"]
+    assert figures["revisit_psnr"]["verdict"] == "worse" and figures["revisit_psnr"]["difference"] == pytest.approx(-1)
+    assert figures["fidelity_psnr"]["verdict"] == "within noise" and figures["fidelity_psnr"]["difference"] == 0
+    low, high = figures["fidelity_psnr"]["ci"]
+    assert -1 < low < 0 < high < 1
+    assert figures["reproj_l1"]["difference"] == pytest.approx(0.025)
+    assert figures["reproj_l1"]["verdict"] == "within noise" and figures["reproj_l1"]["ci"][0] == 0
+    assert figures["fidelity_painted_psnr"] == {"pairs": 0, "higher_is_better": True, "base": None, "other": None,
+                                                "difference": None, "ci": [None, None], "verdict": "n/a"}
+    assert figures["revisit_ssim"] == {"pairs": 8, "higher_is_better": True, "base": 3.5, "other": 3.5,
+                                       "difference": 0.0, "ci": [0.0, 0.0], "verdict": "within noise"}
+    assert (out / "compare.md").read_text().startswith("base: ")
+
+
+def test_eval_compare_refuses_runs_of_other_trajectories_and_keeps_earlier_results(tmp_path, capsys):
+    rows = _rows(lambda i: {})
+    base = _eval_folder(tmp_path / "base", rows)
+    out = tmp_path / "cmp"
+    assert main(["eval", "compare", base, base, "--out", str(out)]) == 0
+    before = (out / "compare.json").read_text()
+    capsys.readouterr()
+    refused = {
+        "seed 0 vs 1": _eval_folder(tmp_path / "seed", rows, seed=1),
+        "rooms 2 vs 3": _eval_folder(tmp_path / "rooms", rows, rooms=3),
+        "in one only: [('random_walk', 1000100)]": _eval_folder(tmp_path / "short", rows[:-1]),
+        "is not a `mirage-gym eval` results folder": str(tmp_path / "nothing"),
+    }
+    for message, other in refused.items():
+        assert main(["eval", "compare", base, other, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text('{"results": {"rows": []}}')
+    assert main(["eval", "compare", base, str(tmp_path / "broken.json"), "--out", str(out)]) == 2
+    assert "not a `mirage-gym eval` result (no results.rows / results.config)" in capsys.readouterr().err
+    assert main(["eval", "compare", base, base, "--modes", "pixel", "--out", str(out)]) == 2
+    assert "mode(s) ['pixel'] are not in both runs" in capsys.readouterr().err
+    assert (out / "compare.json").read_text() == before

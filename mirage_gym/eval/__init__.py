@@ -15,6 +15,7 @@ Command line: ``mirage-gym eval --generator PATH|default|oracle --out DIR [--qui
 * :mod:`~mirage_gym.eval.runner` -- running them in every memory mode, scoring, summarising;
 * :mod:`~mirage_gym.eval.reprojection` -- the ceiling the latent cache puts on a moved view;
 * :mod:`~mirage_gym.eval.report` -- the markdown table and the plots.
+* :mod:`~mirage_gym.eval.compare` -- two runs paired trajectory by trajectory: which figures differ beyond noise.
 """
 
 from mirage_gym.eval.consistency import (

@@ -305,6 +305,10 @@ def test_eval_command_on_a_tiny_random_generator(tmp_path, capsys):
         assert 0 < summary[mode]["depth_start_abs_rel"] < math.inf
         assert 0 < summary[mode]["depth_painted_abs_rel"] < math.inf and summary[mode]["fidelity_painted_psnr"] < 100
     assert all("detail_new" in row and "revisit_ssim_gt" in row for row in data["results"]["rows"])
+    for entry in summary.values():  # one trajectory: every resample is that trajectory
+        assert entry["trajectories"] == 1
+        assert all(entry["ci95"][key] == [entry[key]] * 2 for key in entry["ci95"] if entry[key] is not None)
+    assert "95 % bootstrap intervals of the means above" in printed
     # The generator's autoencoder on held-out frames (64 with --quick).
     autoencoder = data["results"]["autoencoder"]
     assert autoencoder["frames"] == 64 and autoencoder["psnr_worst_decile"] <= autoencoder["psnr"]
@@ -469,6 +473,11 @@ def test_eval_compare_tells_a_paired_difference_from_noise(tmp_path, capsys):
     assert figures["revisit_ssim"] == {"pairs": 8, "higher_is_better": True, "base": 3.5, "other": 3.5,
                                        "difference": 0.0, "ci": [0.0, 0.0], "verdict": "within noise"}
     assert (out / "compare.md").read_text().startswith("base: ")
+    # Each run's own summary: the mean over its 8 trajectories, inside its bootstrap interval.
+    summary = json.loads((tmp_path / "base" / "eval.json").read_text())["results"]["summary"]["latent"]
+    assert summary["trajectories"] == 8 and summary["revisit_ssim"] == 3.5
+    low, high = summary["ci95"]["revisit_ssim"]
+    assert 0 < low < 3.5 < high < 7
 
 
 def test_eval_compare_refuses_runs_of_other_trajectories_and_keeps_earlier_results(tmp_path, capsys):

@@ -12,6 +12,7 @@ from mirage_gym.eval.runner import METRICS, EvalResult, RevisitStrip
 __all__ = ["markdown_table", "plot_summary", "plot_fidelity", "strip_image", "save_strips"]
 
 _MIB = 1024.0**2
+_DIGITS3 = ("revisit_ssim", "reproj_l1", "depth_abs_rel")  # figures printed to three decimals
 
 
 def _fmt(value: float | int | None, digits: int = 2) -> str:
@@ -26,14 +27,20 @@ def markdown_table(result: EvalResult) -> str:
     head = ["mode", *(title for _, title, _ in METRICS), "dynamic tokens written", "s/chunk", "memory MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for mode, entry in result.summary.items():
-        digits = {"revisit_ssim": 3, "reproj_l1": 3, "depth_abs_rel": 3}
-        cells = [mode, *(_fmt(entry[key], digits.get(key, 2)) for key, _, _ in METRICS)]
+        cells = [mode, *(_fmt(entry[key], 3 if key in _DIGITS3 else 2) for key, _, _ in METRICS)]
         if "dynamic_tokens_written" in entry:
             cells.append(f"{entry['dynamic_tokens_written']} / {entry['dynamic_tokens_visible']}")
         else:
             cells.append("n/a")
         cells += [_fmt(entry["seconds_per_chunk"], 3), _fmt(entry["memory_bytes"] / _MIB, 3)]
         lines.append("| " + " | ".join(cells) + " |")
+    if any("ci95" in entry for entry in result.summary.values()):
+        head = ["mode", "trajectories", *(title for _, title, _ in METRICS)]
+        lines += ["", "95 % bootstrap intervals of the means above, resampling the trajectories:", "",
+                  "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for mode, entry in result.summary.items():
+            intervals = [_interval(entry["ci95"][key], 3 if key in _DIGITS3 else 2) for key, _, _ in METRICS]
+            lines.append("| " + " | ".join([mode, str(entry["trajectories"]), *intervals]) + " |")
     if result.autoencoder:
         ae = result.autoencoder
         lines += ["", f"Autoencoder on {ae['frames']} held-out frames (decode(encode(x)) vs x, full frames):", "",
@@ -59,6 +66,11 @@ def markdown_table(result: EvalResult) -> str:
             lines.append(f"| {title} | {_share(e['dynamic_kept'], e['dynamic_visible'])} | "
                          f"{_share(e['static_dropped'], e['static'])} |")
     return "\n".join(lines)
+
+
+def _interval(bounds: list[float | None], digits: int) -> str:
+    low, high = bounds
+    return "n/a" if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _share(part: int, whole: int) -> str:

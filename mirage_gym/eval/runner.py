@@ -66,6 +66,7 @@ import torch
 from torch import Tensor
 
 from mirage_gym.envs.oracle import OracleGenerator
+from mirage_gym.eval.agreement import bootstrap_mean_ci
 from mirage_gym.eval.consistency import (
     camera_control_error,
     flow_error,
@@ -388,7 +389,7 @@ class EvalResult:
     config: dict[str, Any]
     generator: str
     rows: list[dict[str, Any]]
-    summary: dict[str, dict[str, float]]
+    summary: dict[str, dict[str, Any]]  # per mode: the means, their 95 % intervals (ci95), counts
     autoencoder: dict[str, float] | None = None  # the generator's autoencoder on held-out frames (None: none)
     reprojection: dict[str, Any] | None = None  # its latent cache's ceiling on a moved view (None: none)
     observed_filter: dict[str, Any] | None = None  # its memory filter on rendered chunks with moving objects
@@ -398,14 +399,22 @@ class EvalResult:
         return {k: v for k, v in asdict(self).items() if k != "strips"}
 
 
-def summarize(rows: list[dict[str, Any]], modes: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per mode: the mean of each metric over trajectories (NaN-aware) and totals of the dynamic counts."""
+def summarize(rows: list[dict[str, Any]], modes: Sequence[str], n_boot: int = 10000,
+              seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per mode: the mean of each metric over trajectories (NaN-aware), its 95 % percentile bootstrap interval
+    over the trajectories (``ci95``: how far the mean would move with other houses of the same kinds) and
+    totals of the dynamic counts."""
     summary = {}
     for mode in modes:
         mine = [r for r in rows if r["mode"] == mode]
         if not mine:
             continue
-        entry = {key: _nanmean([r[key] for r in mine]) for key, _, _ in METRICS}
+        entry: dict[str, Any] = {key: _nanmean([r[key] for r in mine]) for key, _, _ in METRICS}
+        entry["trajectories"] = len(mine)
+        entry["ci95"] = {}
+        for i, (key, _, _) in enumerate(METRICS):
+            values = [r[key] for r in mine if r[key] is not None and math.isfinite(r[key])]
+            entry["ci95"][key] = bootstrap_mean_ci(values, n_boot, seed=seed + i)
         entry["seconds_per_chunk"] = _nanmean([r["seconds_per_chunk"] for r in mine])
         entry["memory_bytes"] = _nanmean([r["memory_bytes"] for r in mine])
         counts = [(r["dynamic_tokens_written"], r["dynamic_tokens_visible"]) for r in mine]

@@ -432,14 +432,14 @@ def _eval_folder(folder, rows: list[dict], **config) -> str:
     from mirage_gym.eval.runner import EvalResult, summarize
     from mirage_gym.provenance import write_results
 
-    result = EvalResult(config=asdict(EvalConfig(**config)), generator=str(folder), rows=rows,
+    result = EvalResult(config=asdict(EvalConfig(**{"rooms": 2, **config})), generator=str(folder), rows=rows,
                         summary=summarize(rows, ["latent"]))
     write_results(folder, "eval", result.to_dict())
     return str(folder)
 
 
 def _rows(figures) -> list[dict]:
-    """One latent row per trajectory of the default config (4 kinds x 2 rooms), ``figures(i)`` its METRICS."""
+    """One latent row per trajectory of 4 kinds x 2 rooms, ``figures(i)`` its METRICS."""
     from mirage_gym.eval.runner import METRICS
 
     rows = []

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="one room per kind, short paths (a minute or two)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="memory modes to compare")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="trajectory kinds")
-    parser.add_argument("--rooms", type=int, default=None, help="held-out rooms per kind (default 2, quick 1)")
+    parser.add_argument("--rooms", type=int, default=None, help="held-out rooms per kind (default 8, quick 1)")
     parser.add_argument("--config", default="default", help="model config giving resolution, fov and chunk")
     parser.add_argument("--resolution", type=int, default=None, help="frame size (default: the config's)")
     parser.add_argument("--chunk", type=int, default=None, help="frames per chunk (default: the config's)")

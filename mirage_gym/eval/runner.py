@@ -114,7 +114,7 @@ class EvalConfig:
     resolution: int = 128
     fov_deg: float = 90.0
     chunk: int = 4
-    rooms: int = 2
+    rooms: int = 8  # per kind: 32 trajectories; with 8 (2 a kind) two close models' figures part by chance
     kinds: tuple[str, ...] = KINDS
     chunks: dict[str, int] = field(
         default_factory=lambda: {"orbit": 16, "walk_and_return": 12, "look_around": 12, "random_walk": 30}

@@ -98,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (ValueError, FileNotFoundError) as err:  # bad input or missing files: the message says what to do
-        print(f"mirage-gym {args.command}: error: {err}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, f"{args.command}_command", None))))
+        print(f"mirage-gym {command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -500,5 +500,5 @@ def test_eval_compare_refuses_runs_of_other_trajectories_and_keeps_earlier_resul
     assert main(["eval", "compare", base, str(tmp_path / "broken.json"), "--out", str(out)]) == 2
     assert "not a `mirage-gym eval` result (no results.rows / results.config)" in capsys.readouterr().err
     assert main(["eval", "compare", base, base, "--modes", "pixel", "--out", str(out)]) == 2
-    assert "mode(s) ['pixel'] are not in both runs" in capsys.readouterr().err
+    assert "mirage-gym eval compare: error: mode(s) ['pixel'] are not in both runs" in capsys.readouterr().err
     assert (out / "compare.json").read_text() == before

@@ -14,7 +14,14 @@ import torch
 from mirage_gym import geometry
 from mirage_gym.envs.oracle import OracleGenerator
 from mirage_gym.envs.physics import GeneratedPhysics, check_physics, goal_distance, goal_from_offset
-from mirage_gym.eval.collision import CollisionConfig, collision_agreement, markdown_line, scores
+from mirage_gym.eval.collision import (
+    CollisionConfig,
+    collision_agreement,
+    f1_interval,
+    markdown_line,
+    paired_f1_difference,
+    scores,
+)
 from mirage_gym.memory import LatentCache
 from mirage_gym.world import Renderer, make_scene
 
@@ -249,11 +256,40 @@ def test_collision_agreement_runs_on_the_oracle_and_scores():
     assert result["steps"] == 4 and sum(result["counts"][c] for c in ("tp", "fp", "fn", "tn")) == 4
     assert result["config"]["first_room"] >= 1_000_000
     assert markdown_line(result).startswith("| oracle | 4 |")
+    for key in ("tp", "fp", "fn"):  # the episodes' own counts add up to the run's
+        assert sum(e[key] for e in result["episodes"]) == result["counts"][key]
+    assert len(result["f1_ci95"]) == 2
     assert scores(9, 1, 0)["precision"] == pytest.approx(0.9) and scores(1, 0, 1)["f1"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         CollisionConfig(first_room=5).validate()
     with pytest.raises(ValueError):
         CollisionConfig(physics={"voxel": -1}).validate()
+
+
+def test_f1_intervals_resample_episodes_and_pair_generators():
+    def episodes(*counts):
+        return [{"room_seed": 1_000_000 + i, "tp": tp, "fp": fp, "fn": fn} for i, (tp, fp, fn) in enumerate(counts)]
+
+    base = episodes(*[(2, 2, 0)] * 10)  # F1 2/3 on every episode
+    assert f1_interval(base) == pytest.approx([2 / 3, 2 / 3])
+    better = paired_f1_difference(base, episodes(*[(2, 0, 0)] * 10))
+    assert better["difference"] == pytest.approx(1 / 3) and better["ci95"] == pytest.approx([1 / 3, 1 / 3])
+    # Better on half the episodes, worse on the other half: no difference, an interval around zero.
+    mixed = paired_f1_difference(base, episodes(*[(2, 0, 0), (0, 2, 2)] * 5))
+    low, high = mixed["ci95"]
+    assert low < 0 < high and mixed["difference"] == pytest.approx(scores(10, 10, 10)["f1"] - 2 / 3)
+    # Pooled counts, not a mean of per-episode F1s: one busy episode weighs more than a quiet one.
+    pooled = f1_interval(episodes((10, 0, 0), (0, 1, 0)), n_boot=2000)
+    assert pooled[0] == 0.0 and pooled[1] == 1.0
+    assert f1_interval([]) == [None, None]
+    # Against a plain loop over the same resamples: the F1 of each resample's summed counts.
+    counts = np.random.default_rng(3).integers(0, 8, (12, 3))
+    idx = np.random.default_rng(5).integers(0, 12, (500, 12))
+    reference = [scores(*counts[i].sum(axis=0))["f1"] for i in idx]
+    assert f1_interval(episodes(*counts.tolist()), n_boot=500, seed=5) == pytest.approx(
+        list(np.percentile(reference, [2.5, 97.5])))
+    with pytest.raises(ValueError, match="same episodes"):
+        paired_f1_difference(base, episodes(*[(2, 2, 0)] * 9))
 
 
 def test_collision_agreement_reads_a_generators_latent_cache():
@@ -277,6 +313,14 @@ def test_eval_collisions_command(tmp_path, capsys):
     assert "| oracle | 2 |" in capsys.readouterr().out
     data = json.loads((out / "collisions.json").read_text())
     assert data["results"][0]["steps"] == 2 and (out / "collisions.md").is_file()
+    # Two generators: the second is paired with the first on the same episodes (the oracle twice: no difference).
+    code = main(["eval", "collisions", "--generators", "oracle", "oracle", "--episodes", "2", "--episode-steps", "2",
+                 "--resolution", "32", "--chunk", "2", "--no-progress", "--out", str(out)])
+    assert code == 0 and "F1 - the first generator's, paired" in capsys.readouterr().out
+    first, second = json.loads((out / "collisions.json").read_text())["results"]
+    assert "f1_vs_first" not in first and second["f1_vs_first"]["first"] == "oracle"
+    assert second["episodes"] == first["episodes"]
+    assert second["f1_vs_first"]["difference"] == 0 and second["f1_vs_first"]["ci95"] == [0, 0]
     assert main(["eval", "--generator", "oracle"]) == 2  # the consistency eval still needs --out
 
 

@@ -17,7 +17,11 @@ surfaces themselves, the figure the oracle bounds. The ``unseen`` stops are repo
 many, and how many of them the house blocks too): they are the price of the no-exploit rule.
 
 Actions are the env's random agent: uniform in ``[-1, 1]^4`` (forward, right, yaw, pitch), with
-the env's default step sizes. Everything is seeded.
+the env's default step sizes. Everything is seeded, so every generator meets the same rooms, starts
+and moves, and follows the same (the house's) path: F1 carries a 95 % bootstrap interval over the
+episodes (``f1_ci95``), and with several generators each one after the first also carries its paired F1
+difference to the first (``f1_vs_first``: the episodes resampled together), which tells two close
+generators apart where their own intervals overlap.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from mirage_gym import geometry
 from mirage_gym.envs.physics import GeneratedPhysics
 from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
 
-__all__ = ["CollisionConfig", "collision_agreement", "scores", "markdown_line", "add_arguments", "run"]
+__all__ = ["CollisionConfig", "collision_agreement", "scores", "f1_interval", "paired_f1_difference", "markdown_line",
+           "add_arguments", "run"]
 
 
 @dataclass
@@ -76,6 +81,44 @@ def scores(tp: int, fp: int, fn: int) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+def _episode_counts(episodes: list[dict]) -> np.ndarray:
+    """``[E, 3]`` true positives, false positives, false negatives of each episode."""
+    return np.array([[e["tp"], e["fp"], e["fn"]] for e in episodes], dtype=np.float64).reshape(-1, 3)
+
+
+def _f1_of_resamples(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    tp, fp, fn = counts[idx].sum(axis=1).T  # [n_boot] each: the pooled counts of each resample
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 2 * tp / (2 * tp + fp + fn)
+
+
+def _percentiles(values: np.ndarray) -> list[float | None]:
+    finite = values[np.isfinite(values)]
+    return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))] if finite.size else [None, None]
+
+
+def f1_interval(episodes: list[dict], n_boot: int = 10000, seed: int = 0) -> list[float | None]:
+    """95 % percentile bootstrap interval of the pooled F1, resampling episodes (``[None, None]``: none)."""
+    counts = _episode_counts(episodes)
+    if not len(counts):
+        return [None, None]
+    idx = np.random.default_rng(seed).integers(0, len(counts), (n_boot, len(counts)))
+    return _percentiles(_f1_of_resamples(counts, idx))
+
+
+def paired_f1_difference(base: list[dict], other: list[dict], n_boot: int = 10000,
+                         seed: int = 0) -> dict[str, Any]:
+    """``other``'s pooled F1 minus ``base``'s on the same episodes, with a 95 % interval from resampling the
+    episodes together (``ValueError`` if the two did not run the same rooms)."""
+    rooms = [e["room_seed"] for e in base]
+    if rooms != [e["room_seed"] for e in other]:
+        raise ValueError("a paired F1 difference needs the same episodes (rooms) for both generators")
+    cb, co = _episode_counts(base), _episode_counts(other)
+    difference = scores(*co.sum(axis=0))["f1"] - scores(*cb.sum(axis=0))["f1"]
+    idx = np.random.default_rng(seed).integers(0, len(rooms), (n_boot, len(rooms)))
+    return {"difference": difference, "ci95": _percentiles(_f1_of_resamples(co, idx) - _f1_of_resamples(cb, idx))}
+
+
 def _cache_of(generator: Any) -> Any:
     store = getattr(generator, "memory_store", None)
     return store if store is not None and hasattr(store, "points") and hasattr(store, "read") else None
@@ -105,7 +148,8 @@ def collision_agreement(generator: Any, config: CollisionConfig, *, name: str = 
         physics = GeneratedPhysics(config.radius, max_depth=max_depth, **config.physics)
         physics.reset(pose)
         physics.observe(out.depth[0].float().cpu(), pose[None], k, _cache_of(generator), 0)
-        episode = {"room_seed": room, "house_blocked": 0, "generated_blocked": 0, "agree": 0}
+        episode = {"room_seed": room, "house_blocked": 0, "generated_blocked": 0, "agree": 0, "tp": 0, "fp": 0,
+                   "fn": 0}
         frac = torch.arange(1, config.chunk + 1, dtype=torch.float32)[:, None] / config.chunk
         for _ in range(config.steps):
             action = torch.from_numpy(rng.uniform(-1.0, 1.0, (1, 4))).float()
@@ -126,6 +170,8 @@ def collision_agreement(generator: Any, config: CollisionConfig, *, name: str = 
             episode["house_blocked"] += int(house_blocked)
             episode["generated_blocked"] += int(gen_blocked)
             episode["agree"] += int(gen_blocked == house_blocked)
+            if key != "tn":
+                episode[key] += 1
             end = torch.from_numpy(house_end[0]).float()
             poses[0, :, :3, 3] = pose[:3, 3] + frac * (end - pose[:3, 3])
             out = generator.step(poses, [noise])
@@ -142,6 +188,7 @@ def collision_agreement(generator: Any, config: CollisionConfig, *, name: str = 
         "steps": sum(counts[c] for c in ("tp", "fp", "fn", "tn")),
         "counts": counts,
         **scores(tp, fp, fn),
+        "f1_ci95": f1_interval(episodes, seed=config.seed),
         "shown_space": scores(tp - counts["tp_unseen"], fp - counts["fp_unseen"], fn),
         "unseen_stops": {"moves": counts["tp_unseen"] + counts["fp_unseen"], "house_blocks_too": counts["tp_unseen"]},
         "stop_error_m": {"mean": float(np.mean(stop_errors)) if stop_errors else math.nan,
@@ -157,13 +204,20 @@ def markdown_line(result: dict) -> str:
     """One row of :data:`MARKDOWN_HEADER`."""
     c = result["counts"]
     unseen = result["unseen_stops"]
+    low, high = result.get("f1_ci95", [None, None])
+    f1 = f"**{result['f1']:.3f}**" + ("" if low is None else f" ({low:.3f}-{high:.3f})")
+    paired = result.get("f1_vs_first")
+    vs_first = "" if paired is None else f"{paired['difference']:+.3f}"
+    if paired is not None and paired["ci95"][0] is not None:
+        vs_first += f" ({paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f})"
     return (f"| {result['generator']} | {result['steps']} | {c['tp'] + c['fn']} | {result['precision']:.3f} | "
-            f"{result['recall']:.3f} | **{result['f1']:.3f}** | {result['shown_space']['f1']:.3f} | "
+            f"{result['recall']:.3f} | {f1} | {vs_first} | {result['shown_space']['f1']:.3f} | "
             f"{unseen['moves']} ({unseen['house_blocks_too']}) | {result['stop_error_m']['mean'] * 100:.1f} cm |")
 
 
-MARKDOWN_HEADER = ("| generator | moves | house blocks | precision | recall | F1 | F1 in shown space | "
-                   "stopped at unseen space (house blocks too) | mean stop error |\n|---|---|---|---|---|---|---|---|---|")
+MARKDOWN_HEADER = ("| generator | moves | house blocks | precision | recall | F1 (95 % interval) | F1 - the first "
+                   "generator's, paired (95 %) | F1 in shown space | stopped at unseen space (house blocks too) | "
+                   "mean stop error |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +261,10 @@ def run_collisions(args: argparse.Namespace) -> int:
         print(f"collision agreement of {spec}: {config.episodes} episodes x {config.steps} moves, "
               f"{config.resolution}px, rooms from {config.first_room}", flush=True)
         result = collision_agreement(generator, config, name=str(spec), progress=not args.no_progress)
+        if results:  # the same episodes as the first generator's: pair them
+            result["f1_vs_first"] = {"first": results[0]["generator"],
+                                     **paired_f1_difference(results[0]["episodes"], result["episodes"],
+                                                            seed=config.seed)}
         results.append(result)
         lines.append(markdown_line(result))
         print(lines[-1], flush=True)

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["mmrv", "spearman", "pearson", "normalise_real", "agreement", "bootstrap_mean_ci"]
+__all__ = ["mmrv", "spearman", "pearson", "normalise_real", "agreement", "bootstrap_mean_ci",
+           "percentile_interval"]
 
 FRACTION_METRICS = frozenset({"coverage", "success"})  # in [0, 1] by meaning (coverage: of the house's floor)
 
@@ -80,7 +81,8 @@ def _statistics(sim_means: np.ndarray, real_means: np.ndarray, metric: str) -> d
     }
 
 
-def _interval(values: list[float]) -> list[float | None]:
+def percentile_interval(values: Sequence[float]) -> list[float | None]:
+    """The 2.5-97.5 percentile interval of the finite ``values`` (``[None, None]``: none)."""
     finite = np.asarray([v for v in values if math.isfinite(v)])
     if len(finite) == 0:
         return [None, None]
@@ -114,7 +116,7 @@ def agreement(sim: Sequence[Sequence[float]], real: Sequence[Sequence[float]], m
             real_means.append(r[idx].mean())
         for key, value in _statistics(np.array(sim_means), np.array(real_means), metric).items():
             boots[key].append(value)
-    out: dict[str, Any] = {key: {"value": value, "ci": _interval(boots[key]) if n_boot else [None, None]}
+    out: dict[str, Any] = {key: {"value": value, "ci": percentile_interval(boots[key]) if n_boot else [None, None]}
                            for key, value in point.items()}
     out["n_boot"] = int(n_boot)
     out["normalised_real_for_mmrv"] = "as is (a fraction)" if metric in FRACTION_METRICS else "min-max over policies"
@@ -129,4 +131,4 @@ def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0
     rng = np.random.default_rng(seed)
     # One draw of every resample at once: the same stream, and the same means, as drawing them one by one.
     means = values[rng.integers(0, len(values), (int(n_boot), len(values)))].mean(axis=1)
-    return _interval(list(means))
+    return percentile_interval(means)

@@ -37,6 +37,7 @@ import torch
 
 from mirage_gym import geometry
 from mirage_gym.envs.physics import GeneratedPhysics
+from mirage_gym.eval.agreement import percentile_interval
 from mirage_gym.config import EVAL_ROOM_SEED_OFFSET
 
 __all__ = ["CollisionConfig", "collision_agreement", "scores", "f1_interval", "paired_f1_difference", "markdown_line",
@@ -92,18 +93,13 @@ def _f1_of_resamples(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return 2 * tp / (2 * tp + fp + fn)
 
 
-def _percentiles(values: np.ndarray) -> list[float | None]:
-    finite = values[np.isfinite(values)]
-    return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))] if finite.size else [None, None]
-
-
 def f1_interval(episodes: list[dict], n_boot: int = 10000, seed: int = 0) -> list[float | None]:
     """95 % percentile bootstrap interval of the pooled F1, resampling episodes (``[None, None]``: none)."""
     counts = _episode_counts(episodes)
     if not len(counts):
         return [None, None]
     idx = np.random.default_rng(seed).integers(0, len(counts), (n_boot, len(counts)))
-    return _percentiles(_f1_of_resamples(counts, idx))
+    return percentile_interval(_f1_of_resamples(counts, idx))
 
 
 def paired_f1_difference(base: list[dict], other: list[dict], n_boot: int = 10000,
@@ -116,7 +112,8 @@ def paired_f1_difference(base: list[dict], other: list[dict], n_boot: int = 1000
     cb, co = _episode_counts(base), _episode_counts(other)
     difference = scores(*co.sum(axis=0))["f1"] - scores(*cb.sum(axis=0))["f1"]
     idx = np.random.default_rng(seed).integers(0, len(rooms), (n_boot, len(rooms)))
-    return {"difference": difference, "ci95": _percentiles(_f1_of_resamples(co, idx) - _f1_of_resamples(cb, idx))}
+    differences = _f1_of_resamples(co, idx) - _f1_of_resamples(cb, idx)
+    return {"difference": difference, "ci95": percentile_interval(differences)}
 
 
 def _cache_of(generator: Any) -> Any:

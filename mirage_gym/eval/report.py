@@ -39,7 +39,7 @@ def markdown_table(result: EvalResult) -> str:
         lines += ["", "95 % bootstrap intervals of the means above, resampling the trajectories:", "",
                   "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for mode, entry in result.summary.items():
-            intervals = [_interval(entry["ci95"][key], 3 if key in _DIGITS3 else 2) for key, _, _ in METRICS]
+            intervals = [_fmt_interval(entry["ci95"][key], 3 if key in _DIGITS3 else 2) for key, _, _ in METRICS]
             lines.append("| " + " | ".join([mode, str(entry["trajectories"]), *intervals]) + " |")
     if result.autoencoder:
         ae = result.autoencoder
@@ -68,7 +68,7 @@ def markdown_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def _interval(bounds: list[float | None], digits: int) -> str:
+def _fmt_interval(bounds: list[float | None], digits: int) -> str:
     low, high = bounds
     return "n/a" if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
 

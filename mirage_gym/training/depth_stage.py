@@ -167,10 +167,12 @@ def train_depth(
         raise ValueError(f"{stage1} has no stage-1 export vae/ (run `mirage-gym train vae --out {stage1}` first)")
     if init is not None and (init / "depth_head").is_dir():
         init = init / "depth_head"
+    init_head = None
     if init is not None:  # checked before any frames are made
         if not (init / "config.json").is_file():
             raise ValueError(f"{init} is not a saved depth head (no config.json; pass a depth_head/ folder or a model folder)")
-        saved = DepthHead.from_pretrained(init).config
+        init_head = DepthHead.from_pretrained(init)
+        saved = init_head.config
         wanted = dataclasses.asdict(config.model.depth_head) | {
             "latent_channels": json.loads((stage1 / "vae" / "config.json").read_text())["latent_channels"]}
         differ = sorted(k for k, v in wanted.items() if saved.get(k) != v)
@@ -185,8 +187,8 @@ def train_depth(
     torch.manual_seed(hp.seed)  # the head's initial weights, whether the frames were made now or read back
     head = DepthHead(latent_channels=latents.shape[1], spatial_factor=depth.shape[-1] // latents.shape[-1],
                      **dataclasses.asdict(config.model.depth_head)).to(device)
-    if init is not None:
-        head.load_state_dict(DepthHead.from_pretrained(init).state_dict())
+    if init_head is not None:
+        head.load_state_dict(init_head.state_dict())
 
     def batch(step: int, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = torch.randint(0, latents.shape[0], (hp.batch_size,), generator=rng)
